@@ -1,0 +1,146 @@
+"""Generation runner: requests -> batched generation -> run store, resumable and shardable with accelerate.
+
+Benchmarks build ``Request``s from their data and score the stored samples afterwards; the runner is the only
+place that touches the model. Under ``accelerate launch`` each process takes every n-th request, appends to its
+own shard file, and the main process merges the shards in request order, so the result equals a 1-process run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from halluc.runs import RunStore
+
+__all__ = ["GenerationSettings", "Request", "RunSummary", "load_image", "run_generation"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation to run: a sample id, an image file (or None for text-only) and the prompt."""
+
+    id: str
+    image: str | None
+    prompt: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings recorded in the manifest; greedy by default, as CHAIR/POPE papers report."""
+
+    max_new_tokens: int = 512
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    num_beams: int = 1
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            kwargs["temperature"] = self.temperature
+        if self.num_beams > 1:
+            kwargs["num_beams"] = self.num_beams
+        return kwargs
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    generated: int
+    skipped: int
+    errors: int
+
+
+class _Generator(Protocol):
+    def generate(self, images: Sequence[Image.Image | None], prompts: Sequence[str], **kwargs: Any) -> list[str]: ...
+
+
+class _Distributed(Protocol):
+    num_processes: int
+    process_index: int
+    is_main_process: bool
+
+    def wait_for_everyone(self) -> None: ...
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image as RGB, raising ValueError with the path when it is missing or corrupt."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+def _distributed_state() -> _Distributed | None:
+    """accelerate's process state when launched with several processes, else None."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state if state.num_processes > 1 else None
+
+
+def run_generation(
+    lvlm: _Generator,
+    requests: Sequence[Request],
+    store: RunStore,
+    settings: GenerationSettings,
+    *,
+    intervention: Any = None,
+    progress: bool = True,
+    state: _Distributed | None = None,
+) -> RunSummary:
+    """Generate a response for every request not yet in ``store``, appending records batch by batch."""
+    state = state if state is not None else _distributed_state()
+    done = store.done_ids()
+    mine = [r for i, r in enumerate(requests) if state is None or i % state.num_processes == state.process_index]
+    todo = [r for r in mine if r.id not in done]
+    shard = None if state is None else f"rank{state.process_index}"
+    errors = 0
+    show = progress and (state is None or state.is_main_process)
+    bar = tqdm(total=len(todo), desc="generating", unit="img", disable=not show)
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        ok: list[tuple[Request, Image.Image | None]] = []
+        records: dict[str, dict[str, Any]] = {}
+        for req in chunk:
+            try:
+                ok.append((req, load_image(req.image) if req.image else None))
+            except ValueError as exc:
+                records[req.id] = _record(req, error=str(exc))
+                errors += 1
+        if ok:
+            texts = lvlm.generate(
+                [img for _, img in ok],
+                [req.prompt for req, _ in ok],
+                batch_size=len(ok),
+                intervention=intervention,
+                **settings.generate_kwargs(),
+            )
+            records.update({req.id: _record(req, response=text) for (req, _), text in zip(ok, texts, strict=True)})
+        store.append([records[req.id] for req in chunk], shard=shard)
+        bar.update(len(chunk))
+    bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            store.merge_shards([r.id for r in requests])
+        state.wait_for_everyone()
+    return RunSummary(generated=len(todo) - errors, skipped=len(mine) - len(todo), errors=errors)
+
+
+def _record(req: Request, *, response: str | None = None, error: str | None = None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"id": req.id, "image": Path(req.image).name if req.image else None, "prompt": req.prompt}
+    rec.update(req.meta)
+    if error is not None:
+        rec["error"] = error
+    else:
+        rec["response"] = response
+    return rec

@@ -1,0 +1,3 @@
+"""halluc: measure and reduce object hallucination in vision-language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,150 @@
+"""The ``halluc`` command line: one thin subcommand per job; the work lives in the library.
+
+This is the one core module allowed to import the higher layers (benchmarks, interventions, detectors), and it
+does so lazily inside each command so ``halluc --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from halluc.errors import HallucError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Measure and reduce object hallucination in vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="Browse the run store.", no_args_is_help=True)
+world_app = typer.Typer(help="The embedded synthetic world (COCO format).", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(world_app, name="world")
+console = Console()
+
+# Options shared by every job, declared once so they read the same everywhere.
+ModelOpt = Annotated[str, typer.Option("--model", help="Model id or local path; default: the shipped toy LLaVA.")]
+InterventionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--intervention", help="Intervention spec, e.g. 'vhr:alpha=2'; repeat to compose."),
+]
+ImagesOpt = Annotated[str, typer.Option("--images", help="toy:val, toy:shift, or a directory of images.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<job>-<timestamp>).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per generation batch.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling, subsets).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code shipped with the model (off).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images of the set.")]
+IdsOpt = Annotated[Path | None, typer.Option("--image-ids", help="File of image ids to use, one per line.")]
+AnnOpt = Annotated[Path | None, typer.Option("--annotations", help="COCO instances JSON of the images.")]
+CapsOpt = Annotated[Path | None, typer.Option("--captions", help="COCO captions JSON (CHAIR ground truth).")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs", help="Directory holding run directories.")]
+
+
+def _not_built(job: str, issue: str) -> None:
+    console.print(f"[yellow]halluc {job}[/]: not built yet ({issue}); nothing was run.")
+    raise typer.Exit(code=3)
+
+
+@app.command()
+def heads(model: ModelOpt = "", images: ImagesOpt = "toy:val", out: OutOpt = None) -> None:
+    """Per-(layer, head) vision-aware head divergence and image-attention mass, with a heatmap."""
+    _not_built("heads", "head analysis lands with the interventions issue")
+
+
+@app.command()
+def crosscheck(out: OutOpt = None) -> None:
+    """Reference-free CrossCheck consistency ranking of several (model, intervention) systems."""
+    _not_built("crosscheck", "lands with the detectors/CrossCheck issue")
+
+
+@app.command()
+def sentinel(out: OutOpt = None) -> None:
+    """SENTINEL sentence-level, detector-validated preference-pair generation."""
+    _not_built("sentinel", "lands with the SENTINEL issue")
+
+
+@app.command()
+def dpo(out: OutOpt = None) -> None:
+    """Context-aware DPO training on SENTINEL pairs (extra: dpo)."""
+    _not_built("dpo", "lands with the SENTINEL issue")
+
+
+@app.command()
+def dashboard(runs: RunsDirOpt = Path("runs"), port: int = 8501) -> None:
+    """Streamlit dashboard over a runs directory, bound to 127.0.0.1."""
+    _not_built("dashboard", "lands with the dashboard issue")
+
+
+@world_app.command("build")
+def world_build(
+    split: Annotated[str, typer.Option("--split", help="train, val or shift.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (COCO files + images/<split>/).")],
+    seed: SeedOpt = 0,
+    image_size: Annotated[int, typer.Option("--image-size", min=16)] = 64,
+) -> None:
+    """Build one split of the synthetic world in exact COCO format."""
+    from halluc.world import build_split
+
+    paths = build_split(split, n, out, seed=seed, image_size=image_size)
+    console.print(f"wrote {n} images: {paths.instances}, {paths.captions}, {paths.images}")
+
+
+@runs_app.command("list")
+def runs_list(runs: RunsDirOpt = Path("runs")) -> None:
+    """Table of runs: job, model, intervention, images, status and key metrics."""
+    from halluc.runs import list_runs
+
+    table = Table("run", "job", "model", "intervention", "images", "status", "metrics")
+    for run in list_runs(runs):
+        m = run.manifest
+        metrics = run.metrics() or {}
+        headline = ", ".join(f"{k}={v:.3f}" for k, v in _headline(metrics).items())
+        table.add_row(
+            run.path.name,
+            str(m.get("job", "")),
+            Path(str(m.get("model", ""))).name,
+            str(m.get("intervention") or "none"),
+            str((m.get("images") or {}).get("name", "")),
+            str(m.get("status", "")),
+            headline,
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Manifest and metrics of one run."""
+    from halluc.runs import RunStore
+
+    store = RunStore.open(run)
+    console.print_json(json.dumps({"manifest": store.manifest, "metrics": store.metrics()}, default=str))
+
+
+def _headline(metrics: dict) -> dict[str, float]:
+    keys = ("CHAIR_s", "CHAIR_i", "recall", "f1", "accuracy")
+    return {k: float(metrics[k]) for k in keys if isinstance(metrics.get(k), int | float)}
+
+
+def main() -> None:
+    """Console entry point: user-facing errors become one line and exit status 2."""
+    try:
+        app()
+    except HallucError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

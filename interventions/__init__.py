@@ -1,0 +1,1 @@
+"""halluc interventions package."""
