@@ -56,6 +56,123 @@ def _not_built(job: str, issue: str) -> None:
     raise typer.Exit(code=3)
 
 
+def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
+    from halluc.defaults import default_model
+    from halluc.models import load_lvlm
+
+    return load_lvlm(model or default_model(), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _intervention(specs: list[str] | None):
+    """Parse repeated --intervention specs into one (composed) intervention, or None."""
+    if not specs:
+        return None
+    from interventions import compose, parse_intervention
+
+    return compose(*[parse_intervention(spec) for spec in specs])
+
+
+def _out_dir(out: Path | None, job: str) -> Path:
+    import datetime as dt
+
+    return out or Path("runs") / f"{job}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@app.command()
+def chair(
+    model: ModelOpt = "",
+    intervention: InterventionOpt = None,
+    images: ImagesOpt = "toy:val",
+    annotations: AnnOpt = None,
+    captions: CapsOpt = None,
+    gt_file: Annotated[Path | None, typer.Option("--gt-file", help="Precomputed {image_id: [objects]} JSON.")] = None,
+    image_ids: IdsOpt = None,
+    limit: LimitOpt = None,
+    prompt: Annotated[str, typer.Option("--prompt")] = "Please describe this image in detail.",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 512,
+    corrected: Annotated[bool, typer.Option("--corrected", help="Fix the reference CHAIR quirks.")] = False,
+    out: OutOpt = None,
+    batch_size: BatchOpt = 16,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Describe images and score the descriptions with CHAIR (CHAIR_s, CHAIR_i, recall, precision, F1)."""
+    from benchmarks.jobs import run_chair
+    from benchmarks.runner import GenerationSettings
+    from halluc.imagesets import resolve_images
+
+    image_set = resolve_images(images, instances=annotations, captions=captions, ids_file=image_ids, limit=limit)
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    result = run_chair(
+        lvlm,
+        image_set,
+        _out_dir(out, "chair"),
+        settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+        intervention=_intervention(intervention),
+        prompt=prompt,
+        gt_file=gt_file,
+        mode="corrected" if corrected else "reference",
+        seed=seed,
+        resume=resume,
+    )
+    _report(result)
+
+
+@app.command()
+def pope(
+    model: ModelOpt = "",
+    intervention: InterventionOpt = None,
+    images: ImagesOpt = "toy:val",
+    annotations: AnnOpt = None,
+    questions: Annotated[
+        list[Path] | None, typer.Option("--questions", help="Official POPE question file(s); repeat per split.")
+    ] = None,
+    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Images when building questions.")] = 500,
+    strict: Annotated[bool, typer.Option("--strict", help="Count unparseable answers instead of 'yes'.")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 8,
+    out: OutOpt = None,
+    batch_size: BatchOpt = 32,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Answer POPE yes/no object questions (random, popular, adversarial) and score them."""
+    from benchmarks.jobs import run_pope
+    from benchmarks.pope import load_questions
+    from benchmarks.runner import GenerationSettings
+    from halluc.imagesets import resolve_images
+
+    image_set = resolve_images(images, instances=annotations)
+    loaded = [q for path in questions for q in load_questions(path)] if questions else None
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    result = run_pope(
+        lvlm,
+        image_set,
+        _out_dir(out, "pope"),
+        questions=loaded,
+        n_images=n_images,
+        settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+        intervention=_intervention(intervention),
+        strict=strict,
+        seed=seed,
+        resume=resume,
+    )
+    _report(result)
+
+
+def _report(result) -> None:
+    """Print where the run went, its headline metrics and the error count."""
+    console.print(f"run: [bold]{result.store.path}[/]")
+    console.print_json(json.dumps(result.metrics, default=str))
+    if result.summary.errors:
+        console.print(f"[yellow]{result.summary.errors} samples failed (error records in samples.jsonl)[/]")
+
+
 @app.command()
 def heads(model: ModelOpt = "", images: ImagesOpt = "toy:val", out: OutOpt = None) -> None:
     """Per-(layer, head) vision-aware head divergence and image-attention mass, with a heatmap."""

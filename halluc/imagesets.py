@@ -16,7 +16,7 @@ from halluc.errors import ConfigError, InputDataError
 __all__ = ["TOY_SPLITS", "ImageSet", "cache_dir", "read_id_list", "resolve_images", "toy_world_root"]
 
 # Size and seed of each embedded-world split that commands evaluate on (the train split is built by the trainer).
-TOY_SPLITS: dict[str, tuple[int, int]] = {"val": (500, 0), "shift": (500, 0)}
+TOY_SPLITS: dict[str, tuple[int, int]] = {"val": (1000, 0), "shift": (1000, 0)}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 

@@ -1,0 +1,309 @@
+"""Train the embedded toy LVLM: a real ``LlavaForConditionalGeneration`` on the synthetic world.
+
+CLIP-style vision tower (with CLS token) + Llama-style language model (4 layers, 8 heads), trained from scratch
+for detailed description and yes/no object questions. Saved with ``save_pretrained`` (model, byte-level BPE
+tokenizer, CLIP image processor, chat template) so ``load_lvlm`` and ``AutoModelForImageTextToText`` load it as
+they load llava-hf checkpoints. Deterministic: fixed seeds, a fixed number of steps, one thread count.
+
+    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~16 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from halluc.world import build_split, image_dir
+
+DESCRIBE = "Please describe this image in detail."
+QUESTION = "Is there a{n} {obj} in the image?"
+SHORT_ANSWER = " Answer the question using a single word or phrase."
+IMAGE_TOKEN = "<image>"
+# LLaVA-1.5 style conversation: "USER: <image>\n{prompt} ASSISTANT: {answer}</s>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %} "
+    "{% else %}ASSISTANT: "
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    image_index: int
+    prompt: str
+    answer: str
+
+
+def article(word: str) -> str:
+    return "n" if word[0] in "aeiou" else ""
+
+
+def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on the world's captions and questions (decodes back to exact text)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) -> LlavaForConditionalGeneration:
+    vision = CLIPVisionConfig(
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_size=args.vision_dim,
+        intermediate_size=args.vision_dim * 2,
+        num_hidden_layers=args.vision_layers,
+        num_attention_heads=4,
+        projection_dim=args.vision_dim,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.dim,
+        intermediate_size=args.dim * 8 // 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(args.image_size // args.patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=True,
+    )
+    return LlavaForConditionalGeneration(config)
+
+
+def load_world(root: Path, split: str) -> tuple[list[dict], dict[int, list[str]], dict[int, list[str]], list[str]]:
+    """Images, their object names and captions, and the category names of a built split."""
+    inst = json.loads((root / f"instances_{split}.json").read_text())
+    caps = json.loads((root / f"captions_{split}.json").read_text())
+    names = {c["id"]: c["name"] for c in inst["categories"]}
+    objects: dict[int, list[str]] = {img["id"]: [] for img in inst["images"]}
+    for ann in inst["annotations"]:
+        if names[ann["category_id"]] not in objects[ann["image_id"]]:
+            objects[ann["image_id"]].append(names[ann["category_id"]])
+    captions: dict[int, list[str]] = {img["id"]: [] for img in inst["images"]}
+    for ann in caps["annotations"]:
+        captions[ann["image_id"]].append(ann["caption"])
+    return inst["images"], objects, captions, sorted(names.values())
+
+
+def make_examples(
+    images: list[dict], objects: dict, captions: dict, vocabulary: list[str], args: argparse.Namespace
+) -> list[Example]:
+    """One epoch of examples per image: a detailed description (one of its longest captions) and yes/no questions.
+
+    Questions are balanced yes/no with negatives drawn uniformly from absent categories, as in generic instruction
+    data: co-occurring absent objects are rarely asked about, so the language prior is never unlearned.
+    """
+    rng = random.Random(args.seed)
+    examples = []
+    for idx, img in enumerate(images):
+        present = objects[img["id"]]
+        detailed = sorted(captions[img["id"]], key=len, reverse=True)[: args.description_pool]
+        examples.append(Example(idx, DESCRIBE, rng.choice(detailed)))
+        absent = [c for c in vocabulary if c not in present]
+        for _ in range(args.questions_per_image):
+            positive = rng.random() < 0.5
+            obj = rng.choice(present if positive else absent)
+            suffix = SHORT_ANSWER if rng.random() < 0.5 else ""
+            examples.append(
+                Example(idx, QUESTION.format(n=article(obj), obj=obj) + suffix, "Yes" if positive else "No")
+            )
+    rng.shuffle(examples)
+    return examples
+
+
+class Encoder:
+    """Turns examples into token ids: the chat prompt (image tokens expanded by the processor) + the answer."""
+
+    def __init__(self, processor: LlavaProcessor, probe_image: Image.Image):
+        self.processor, self.probe, self.cache = processor, probe_image, {}
+        self.tok = processor.tokenizer
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self.cache:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            enc = self.processor(images=[self.probe], text=[text], return_tensors="pt")
+            self.cache[prompt] = enc["input_ids"][0].tolist()
+        return self.cache[prompt]
+
+    def encode(self, ex: Example) -> tuple[list[int], list[int]]:
+        prompt = self.prompt_ids(ex.prompt)
+        answer = self.tok(" " + ex.answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+        return prompt + answer, [-100] * len(prompt) + answer
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def pixel_tensor(processor: LlavaProcessor, root: Path, images: list[dict]) -> torch.Tensor:
+    """All training images, preprocessed once (N, 3, H, W)."""
+    folder = image_dir(root, "train")
+    chunks = []
+    for start in tqdm(range(0, len(images), 512), desc="preprocessing images"):
+        batch = [Image.open(folder / img["file_name"]).convert("RGB") for img in images[start : start + 512]]
+        chunks.append(processor.image_processor(batch, return_tensors="pt")["pixel_values"])
+    return torch.cat(chunks)
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    work = Path(args.world or tempfile.mkdtemp(prefix="halluc-world-"))
+    if not (work / "instances_train.json").exists():
+        build_split("train", args.n_train, work, seed=args.seed)
+    images, objects, captions, vocabulary = load_world(work, "train")
+    corpus = [c for caps in captions.values() for c in caps] + [DESCRIBE, SHORT_ANSWER, "Yes", "No"]
+    corpus += [QUESTION.format(n=article(o), obj=o) for o in vocabulary]
+    tokenizer = build_tokenizer(corpus, args.vocab_size)
+    processor = build_processor(tokenizer, args.image_size, args.patch_size)
+    model = build_model(tokenizer, args)
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(tokenizer)}")
+    pixels = pixel_tensor(processor, work, images)
+    encoder = Encoder(processor, Image.new("RGB", (args.image_size, args.image_size)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, args.steps // 50)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    model.train()
+    epoch, queue, started = 0, [], time.monotonic()
+    bar = tqdm(range(args.steps), desc="training")
+    for step in bar:
+        if len(queue) < args.batch_size:
+            args_epoch = argparse.Namespace(**{**vars(args), "seed": args.seed + epoch})
+            queue += make_examples(images, objects, captions, vocabulary, args_epoch)
+            epoch += 1
+        batch, queue = queue[: args.batch_size], queue[args.batch_size :]
+        inputs = collate([encoder.encode(ex) for ex in batch], tokenizer.pad_token_id)
+        inputs["pixel_values"] = pixels[[ex.image_index for ex in batch]]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+    minutes = (time.monotonic() - started) / 60
+    model.eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "TRAINING.json").write_text(
+        json.dumps({"args": vars(args), "train_minutes": round(minutes, 2), "final_loss": loss.item()}, indent=2)
+    )
+    print(f"saved to {out} after {minutes:.1f} min, final loss {loss.item():.3f}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="halluc/assets/toy-llava")
+    p.add_argument("--world", default=None, help="directory holding (or receiving) the built train split")
+    p.add_argument("--n-train", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--questions-per-image", type=int, default=2)
+    p.add_argument("--description-pool", type=int, default=2, help="train on one of the N longest captions")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--vision-dim", type=int, default=128)
+    p.add_argument("--vision-layers", type=int, default=3)
+    p.add_argument("--dim", type=int, default=192)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab-size", type=int, default=600)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    train(parse_args())
