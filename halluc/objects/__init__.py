@@ -1,0 +1,30 @@
+"""Caption -> COCO object mentions: the one implementation shared by CHAIR, detectors and SENTINEL."""
+
+from halluc.objects.coco import COCO_CATEGORIES, COCO_NAMES, Category, category_by_name
+from halluc.objects.extractor import (
+    MODES,
+    Analysis,
+    Mention,
+    Mode,
+    analyse,
+    categories,
+    clear_caches,
+    extract_mentions,
+    split_sentences,
+)
+
+__all__ = [
+    "COCO_CATEGORIES",
+    "COCO_NAMES",
+    "MODES",
+    "Analysis",
+    "Category",
+    "Mention",
+    "Mode",
+    "analyse",
+    "categories",
+    "category_by_name",
+    "clear_caches",
+    "extract_mentions",
+    "split_sentences",
+]
