@@ -173,6 +173,53 @@ def _report(result) -> None:
         console.print(f"[yellow]{result.summary.errors} samples failed (error records in samples.jsonl)[/]")
 
 
+def _demo_systems() -> dict[str, object]:
+    """Baseline plus every registered intervention at its paper-default strength."""
+    systems: dict[str, object] = {"baseline": None}
+    try:
+        from interventions import default_configs
+    except ImportError:
+        console.print("[yellow]interventions: not built yet; the demo runs the baseline only[/]")
+        return systems
+    systems.update(default_configs())
+    return systems
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the demo's runs.")] = Path("runs/demo"),
+    chair_images: Annotated[int, typer.Option("--chair-images", min=1)] = 100,
+    pope_images: Annotated[int, typer.Option("--pope-images", min=1)] = 50,
+    batch_size: BatchOpt = 16,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Main job on the embedded default: baseline vs every intervention, CHAIR and POPE on toy val and shift."""
+    from benchmarks.suite import run_suite
+
+    lvlm = _load_model("", device, "auto", False)
+    rows = run_suite(
+        lvlm,
+        _demo_systems(),
+        ["toy:val", "toy:shift"],
+        out,
+        chair_images=chair_images,
+        pope_images=pope_images,
+        batch_size=batch_size,
+    )
+    table = Table("system", "images", "CHAIR_s", "CHAIR_i", "recall", "POPE rand", "POPE pop", "POPE adv", "POPE F1")
+    for row in rows:
+        f = row.flat()
+        table.add_row(
+            f["system"],
+            f["images"],
+            *(f"{100 * f[k]:.1f}" for k in ("CHAIR_s", "CHAIR_i", "recall")),
+            *(f"{100 * f[f'pope_{s}_acc']:.1f}" for s in ("random", "popular", "adversarial")),
+            f"{100 * f['pope_f1']:.1f}",
+        )
+    console.print(table)
+    console.print(f"runs written under [bold]{out}[/]; browse them with: halluc dashboard --runs {out}")
+
+
 @app.command()
 def heads(model: ModelOpt = "", images: ImagesOpt = "toy:val", out: OutOpt = None) -> None:
     """Per-(layer, head) vision-aware head divergence and image-attention mass, with a heatmap."""
@@ -209,7 +256,7 @@ def world_build(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (COCO files + images/<split>/).")],
     seed: SeedOpt = 0,
-    image_size: Annotated[int, typer.Option("--image-size", min=16)] = 64,
+    image_size: Annotated[int, typer.Option("--image-size", min=32)] = 64,
 ) -> None:
     """Build one split of the synthetic world in exact COCO format."""
     from halluc.world import build_split
@@ -229,7 +276,7 @@ def runs_list(runs: RunsDirOpt = Path("runs")) -> None:
         metrics = run.metrics() or {}
         headline = ", ".join(f"{k}={v:.3f}" for k, v in _headline(metrics).items())
         table.add_row(
-            run.path.name,
+            str(run.path.relative_to(runs)),
             str(m.get("job", "")),
             Path(str(m.get("model", ""))).name,
             str(m.get("intervention") or "none"),

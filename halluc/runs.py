@@ -236,12 +236,12 @@ class RunStore:
 
 
 def list_runs(root: Path) -> list[RunStore]:
-    """All run directories directly under ``root`` (newest first); unreadable ones are skipped."""
+    """All run directories under ``root``, at any depth (newest first); unreadable ones are skipped."""
     root = Path(root)
     if not root.is_dir():
         return []
     runs = []
-    for manifest in root.glob(f"*/{MANIFEST}"):
+    for manifest in root.rglob(MANIFEST):
         with contextlib.suppress(InputDataError):
             runs.append(RunStore.open(manifest.parent))
     return sorted(runs, key=lambda r: r.manifest.get("started_at", ""), reverse=True)

@@ -150,15 +150,16 @@ def load_world(root: Path, split: str) -> tuple[list[dict], dict[int, list[str]]
         if names[ann["category_id"]] not in objects[ann["image_id"]]:
             objects[ann["image_id"]].append(names[ann["category_id"]])
     captions: dict[int, list[str]] = {img["id"]: [] for img in inst["images"]}
-    for ann in caps["annotations"]:
-        captions[ann["image_id"]].append(ann["caption"])
+    for ann in caps["annotations"]:  # the world marks one caption per image that names every visible object
+        if ann.get("detailed"):
+            captions[ann["image_id"]].append(ann["caption"])
     return inst["images"], objects, captions, sorted(names.values())
 
 
 def make_examples(
     images: list[dict], objects: dict, captions: dict, vocabulary: list[str], args: argparse.Namespace
 ) -> list[Example]:
-    """One epoch of examples per image: a detailed description (one of its longest captions) and yes/no questions.
+    """One epoch of examples per image: its detailed description and yes/no questions.
 
     Questions are balanced yes/no with negatives drawn uniformly from absent categories, as in generic instruction
     data: co-occurring absent objects are rarely asked about, so the language prior is never unlearned.
@@ -167,8 +168,7 @@ def make_examples(
     examples = []
     for idx, img in enumerate(images):
         present = objects[img["id"]]
-        detailed = sorted(captions[img["id"]], key=len, reverse=True)[: args.description_pool]
-        examples.append(Example(idx, DESCRIBE, rng.choice(detailed)))
+        examples.append(Example(idx, DESCRIBE, rng.choice(captions[img["id"]])))
         absent = [c for c in vocabulary if c not in present]
         for _ in range(args.questions_per_image):
             positive = rng.random() < 0.5
@@ -232,7 +232,8 @@ def train(args: argparse.Namespace) -> None:
     if not (work / "instances_train.json").exists():
         build_split("train", args.n_train, work, seed=args.seed)
     images, objects, captions, vocabulary = load_world(work, "train")
-    corpus = [c for caps in captions.values() for c in caps] + [DESCRIBE, SHORT_ANSWER, "Yes", "No"]
+    all_captions = json.loads((work / "captions_train.json").read_text())["annotations"]
+    corpus = [a["caption"] for a in all_captions] + [DESCRIBE, SHORT_ANSWER, "Yes", "No"]
     corpus += [QUESTION.format(n=article(o), obj=o) for o in vocabulary]
     tokenizer = build_tokenizer(corpus, args.vocab_size)
     processor = build_processor(tokenizer, args.image_size, args.patch_size)
@@ -285,12 +286,11 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="halluc/assets/toy-llava")
     p.add_argument("--world", default=None, help="directory holding (or receiving) the built train split")
-    p.add_argument("--n-train", type=int, default=12000)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--n-train", type=int, default=16000)
+    p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--questions-per-image", type=int, default=2)
-    p.add_argument("--description-pool", type=int, default=2, help="train on one of the N longest captions")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--vision-dim", type=int, default=128)
@@ -300,7 +300,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--vocab-size", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bfloat16 autocast (on by default)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 

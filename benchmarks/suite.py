@@ -1,0 +1,102 @@
+"""A comparison suite: several interventions x image sets, CHAIR and POPE each, one run directory per cell.
+
+Used by ``halluc demo`` (baseline + every intervention on the embedded world) and by the measurement scripts.
+Cells already finished in ``root`` are reused, so an interrupted suite resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.jobs import run_chair, run_pope
+from benchmarks.runner import GenerationSettings
+from halluc.imagesets import resolve_images
+from halluc.runs import RunStore
+
+__all__ = ["SuiteRow", "run_suite"]
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    """Headline metrics of one (system, image set) cell."""
+
+    system: str
+    images: str
+    chair: dict[str, Any]
+    pope: dict[str, Any]
+
+    def flat(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "images": self.images,
+            "CHAIR_s": self.chair["CHAIR_s"],
+            "CHAIR_i": self.chair["CHAIR_i"],
+            "recall": self.chair["recall"],
+            "avg_len": self.chair["avg_len"],
+            **{f"pope_{split}_acc": self.pope[split]["accuracy"] for split in ("random", "popular", "adversarial")},
+            "pope_f1": self.pope["mean"]["f1"],
+        }
+
+
+def _finished_metrics(path: Path) -> dict[str, Any] | None:
+    if not (path / "metrics.json").exists():
+        return None
+    store = RunStore.open(path)
+    return store.metrics() if store.manifest.get("status") == "finished" else None
+
+
+def run_suite(
+    lvlm: Any,
+    systems: dict[str, Any],
+    image_specs: Sequence[str],
+    root: Path,
+    *,
+    chair_images: int = 100,
+    pope_images: int = 50,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    ids_files: dict[str, Path] | None = None,
+    progress: bool = True,
+) -> list[SuiteRow]:
+    """CHAIR and POPE for every system (name -> intervention or None) on every image set."""
+    rows = []
+    for spec in image_specs:
+        ids_file = (ids_files or {}).get(spec)
+        chair_set = resolve_images(spec, ids_file=ids_file, limit=chair_images)
+        pope_set = resolve_images(spec)
+        for name, intervention in systems.items():
+            cell = root / f"{name}__{spec.replace(':', '-')}"
+            chair_dir, pope_dir = cell / "chair", cell / "pope"
+            chair_metrics = (
+                _finished_metrics(chair_dir)
+                or run_chair(
+                    lvlm,
+                    chair_set,
+                    chair_dir,
+                    settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+                    intervention=intervention,
+                    seed=seed,
+                    resume=True,
+                    progress=progress,
+                ).metrics
+            )
+            pope_metrics = (
+                _finished_metrics(pope_dir)
+                or run_pope(
+                    lvlm,
+                    pope_set,
+                    pope_dir,
+                    n_images=pope_images,
+                    settings=GenerationSettings(max_new_tokens=8, batch_size=batch_size * 2),
+                    intervention=intervention,
+                    seed=seed,
+                    resume=True,
+                    progress=progress,
+                ).metrics
+            )
+            rows.append(SuiteRow(name, spec, chair_metrics, pope_metrics))
+    return rows
