@@ -139,6 +139,11 @@ def train_one(
         optimizer="AdamW",  # 'auto' would pick lr ~3e-4 for 27 classes: far too slow from scratch
         lr0=lr0,
         warmup_epochs=1,
+        # glyph identity is shape + colour at 9-30 px: no mosaic (it shrinks them), mild scale/colour jitter
+        mosaic=0.0,
+        scale=0.25,
+        hsv_s=0.3,
+        hsv_v=0.3,
         workers=workers,
         device=device,
         seed=seed,

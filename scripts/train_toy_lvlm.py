@@ -224,6 +224,47 @@ def pixel_tensor(processor: LlavaProcessor, root: Path, images: list[dict]) -> t
     return torch.cat(chunks)
 
 
+def vision_targets(root: Path, split: str, images: list[dict], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-label targets per image (N, C) and per patch of the ``grid`` x ``grid`` layout (N, grid*grid, C)."""
+    inst = json.loads((root / f"instances_{split}.json").read_text())
+    column = {c["id"]: i for i, c in enumerate(sorted(inst["categories"], key=lambda c: c["name"]))}
+    row = {img["id"]: i for i, img in enumerate(images)}
+    image_level = torch.zeros(len(images), len(column))
+    patch_level = torch.zeros(len(images), grid * grid, len(column))
+    for ann in inst["annotations"]:
+        i, c = row[ann["image_id"]], column[ann["category_id"]]
+        cell = images[i]["width"] / grid
+        x, y, w, h = ann["bbox"]
+        image_level[i, c] = 1
+        for gy in range(int(y // cell), min(grid, int((y + h) // cell) + 1)):
+            for gx in range(int(x // cell), min(grid, int((x + w) // cell) + 1)):
+                patch_level[i, gy * grid + gx, c] = 1
+    return image_level, patch_level
+
+
+def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, targets, args) -> None:
+    """Stage 0, like the pretrained CLIP every LLaVA starts from: multi-label object recognition on the CLS token
+    and on every patch token, so patch features carry what lies where before the language model sees them."""
+    tower = model.model.vision_tower
+    dim, n_classes = tower.config.hidden_size, targets[0].shape[1]
+    heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(dim, n_classes), "patch": torch.nn.Linear(dim, n_classes)})
+    params = [*tower.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    bar = tqdm(range(args.vision_steps), desc="vision pretraining")
+    for _ in bar:
+        idx = torch.randint(0, len(pixels), (128,), generator=generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            hidden = tower(pixel_values=pixels[idx]).last_hidden_state
+            loss = loss_fn(heads["cls"](hidden[:, 0]).float(), targets[0][idx])
+            loss = loss + loss_fn(heads["patch"](hidden[:, 1:]).float(), targets[1][idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
 def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -240,6 +281,8 @@ def train(args: argparse.Namespace) -> None:
     model = build_model(tokenizer, args)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(tokenizer)}")
     pixels = pixel_tensor(processor, work, images)
+    targets = vision_targets(work, "train", images, args.image_size // args.patch_size)
+    pretrain_vision(model, pixels, targets, args)
     encoder = Encoder(processor, Image.new("RGB", (args.image_size, args.image_size)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, args.steps // 50)
@@ -287,10 +330,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="halluc/assets/toy-llava")
     p.add_argument("--world", default=None, help="directory holding (or receiving) the built train split")
     p.add_argument("--n-train", type=int, default=16000)
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--questions-per-image", type=int, default=2)
+    p.add_argument("--questions-per-image", type=int, default=3)
+    p.add_argument("--vision-steps", type=int, default=600, help="stage-0 multi-label pretraining of the vision tower")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--vision-dim", type=int, default=128)
@@ -299,7 +343,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--vocab-size", type=int, default=600)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bfloat16 autocast (on by default)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
