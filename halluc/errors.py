@@ -1,10 +1,10 @@
 """User-facing errors: one clear line naming the offending value, never a deep library traceback.
 
-    HallucError                 base; the CLI prints its message and exits with status 2
-    ├── ModelLoadError          unknown model id/path, unsupported architecture
-    ├── InputDataError          unreadable/corrupt annotation, caption, question or image-list file
-    ├── OutputLocationError     output directory not writable, run directory conflicts
-    └── ConfigError             bad option value (intervention string, split name, ...)
+HallucError                 base; the CLI prints its message and exits with status 2
+├── ModelLoadError          unknown model id/path, unsupported architecture
+├── InputDataError          unreadable/corrupt annotation, caption, question or image-list file
+├── OutputLocationError     output directory not writable, run directory conflicts
+└── ConfigError             bad option value (intervention string, split name, ...)
 """
 
 from __future__ import annotations

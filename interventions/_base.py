@@ -1,0 +1,271 @@
+"""Intervention configs and their lifecycle: registry, JSON and CLI forms, handles, and the one cleanup path.
+
+An intervention is a small frozen dataclass of JSON primitives with a registry ``name``. ``attach(lvlm)`` installs
+its machinery and returns a ``Handle`` whose ``remove()`` undoes exactly that, once. ``apply(lvlm, *configs)`` is
+the only place that pairs the two (registering inside ``try``, removing its own handles in ``finally``); the
+``@intervene`` decorator, ``Composite`` and ``LVLM.generate(..., intervention=...)`` all go through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar, ParamSpec, TypeVar, get_type_hints
+
+from halluc.errors import ConfigError
+from halluc.models import LVLM
+
+__all__ = [
+    "REGISTRY",
+    "Composite",
+    "Handle",
+    "Intervention",
+    "apply",
+    "from_dict",
+    "intervene",
+    "parse_intervention",
+    "register",
+]
+
+REGISTRY: dict[str, type[Intervention]] = {}
+COMPOSITE = "composite"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+I = TypeVar("I", bound="Intervention")  # noqa: E741
+
+
+def register(name: str) -> Callable[[type[I]], type[I]]:
+    """Class decorator adding an Intervention subclass to REGISTRY under ``name``; a second use of a name raises."""
+
+    def decorate(cls: type[I]) -> type[I]:
+        if name in REGISTRY or name == COMPOSITE:
+            raise ConfigError(f"intervention name {name!r} is already registered (by {REGISTRY.get(name, Composite)})")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _lookup(name: object) -> type[Intervention]:
+    """The registered class for ``name``, or a ConfigError listing the valid names."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ConfigError(f"unknown intervention {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+class Handle:
+    """What ``attach`` returns: the undo steps of one attachment, run newest first by an idempotent ``remove()``."""
+
+    def __init__(self, name: str) -> None:
+        """Start an empty handle for the intervention called ``name``."""
+        self.name = name
+        self._undo: list[Callable[[], None]] = []
+
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        """Record one undo step (a hook handle's remove, a registry pop) as soon as the thing exists."""
+        self._undo.append(undo)
+
+    @property
+    def attached(self) -> bool:
+        """Whether anything is still installed."""
+        return bool(self._undo)
+
+    def remove(self) -> None:
+        """Undo everything this handle installed; calling it again does nothing."""
+        while self._undo:
+            self._undo.pop()()
+
+    def __repr__(self) -> str:
+        """Name and state, for logs."""
+        return f"Handle({self.name!r}, attached={self.attached})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervention:
+    """Base of every intervention config: serialisable, comparable, and attachable to an LVLM."""
+
+    name: ClassVar[str] = ""
+
+    def install(self, lvlm: LVLM, handle: Handle) -> None:
+        """Install this method's machinery on ``lvlm``, recording each undo step on ``handle`` as it goes."""
+        raise NotImplementedError(f"{type(self).__name__} must implement install()")
+
+    def attach(self, lvlm: LVLM) -> Handle:
+        """Install on ``lvlm`` and return the handle; a failure half-way removes what was already installed."""
+        handle = Handle(self.name)
+        try:
+            self.install(lvlm, handle)
+        except BaseException:
+            handle.remove()
+            raise
+        return handle
+
+    def apply(self, lvlm: LVLM) -> AbstractContextManager[list[Handle]]:
+        """Context manager attaching this config for the block (what ``generate(..., intervention=)`` calls)."""
+        return apply(lvlm, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., field: value, ...}``: what run manifests record."""
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        """The config as one JSON object."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Composite:
+    """Several interventions applied together, in order, as one object with ``apply(lvlm)``."""
+
+    parts: tuple[Intervention, ...]
+
+    name: ClassVar[str] = COMPOSITE
+
+    def __post_init__(self) -> None:
+        """Reject anything that is not an Intervention config."""
+        for part in self.parts:
+            if not isinstance(part, Intervention):
+                raise ConfigError(f"Composite parts must be Intervention configs, got {type(part).__name__}")
+
+    def apply(self, lvlm: LVLM) -> AbstractContextManager[list[Handle]]:
+        """Context manager attaching every part for the block."""
+        return apply(lvlm, *self.parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": "composite", "parts": [...]}``."""
+        return {"name": COMPOSITE, "parts": [part.to_dict() for part in self.parts]}
+
+    def to_json(self) -> str:
+        """The composite as one JSON object."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _flatten(configs: tuple[Intervention | Composite, ...]) -> list[Intervention]:
+    """Composites expanded into their parts; anything else is rejected before attaching."""
+    flat: list[Intervention] = []
+    for config in configs:
+        if isinstance(config, Composite):
+            flat.extend(config.parts)
+        elif isinstance(config, Intervention):
+            flat.append(config)
+        else:
+            raise ConfigError(f"expected Intervention configs, got {type(config).__name__}: {config!r}")
+    return flat
+
+
+@contextmanager
+def apply(lvlm: LVLM, *configs: Intervention | Composite) -> Iterator[list[Handle]]:
+    """Attach ``configs`` for the block, then remove exactly these handles (newest first), even on error.
+
+    Nesting-safe: an inner block never touches an outer block's hooks. The attention implementation is shared and
+    reference-counted per model, so it returns to what it was before the first edit once the last one is removed.
+    """
+    parts = _flatten(configs)
+    handles: list[Handle] = []
+    try:
+        for part in parts:
+            handles.append(part.attach(lvlm))
+        yield handles
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+
+
+def intervene(*configs: Intervention | Composite) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator running a function whose first argument is the LVLM with ``configs`` applied for the call."""
+    _flatten(configs)  # fail at decoration time, not at the first call
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not args or not isinstance(args[0], LVLM):
+                raise ConfigError(f"@intervene needs the LVLM as the first argument of {fn.__name__}()")
+            with apply(args[0], *configs):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _field_types(cls: type[Intervention]) -> dict[str, type]:
+    """Declared type of each config field (float, int, bool or str)."""
+    hints = get_type_hints(cls)
+    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+
+
+def _from_text(cls: type[Intervention], key: str, text: str, kind: type) -> object:
+    """Convert one CLI value to the field's type, naming the key and the expected type on failure."""
+    if kind is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+    elif kind is str:
+        return text
+    else:
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"{cls.name}: {key}={text!r} is not a valid {kind.__name__}")
+
+
+def _build(cls: type[Intervention], values: dict[str, object]) -> Intervention:
+    """Instantiate ``cls`` after checking that every key is a field (unknown keys list the valid ones)."""
+    types = _field_types(cls)
+    for key in values:
+        if key not in types:
+            raise ConfigError(f"{cls.name}: unknown parameter {key!r}; valid parameters: {', '.join(types)}")
+    return cls(**values)
+
+
+def parse_intervention(spec: str) -> Intervention:
+    """Parse a CLI string such as ``"vhr"`` or ``"vhr:alpha=2,layers=last"`` into a config."""
+    name, _, rest = spec.strip().partition(":")
+    cls = _lookup(name.strip())
+    types = _field_types(cls)
+    values: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, text = (s.strip() for s in item.partition("="))
+        if not sep:
+            raise ConfigError(f"{cls.name}: expected key=value, got {item!r} in {spec!r}")
+        if key not in types:
+            raise ConfigError(f"{cls.name}: unknown parameter {key!r}; valid parameters: {', '.join(types)}")
+        values[key] = _from_text(cls, key, text, types[key])
+    return _build(cls, values)
+
+
+def _check_json_value(cls: type[Intervention], key: str, value: object, kind: type) -> object:
+    """Accept a JSON value for a field of type ``kind`` (ints for floats; never bools for numbers)."""
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{cls.name}: {key}={value!r} is not a valid {kind.__name__}")
+    return value
+
+
+def from_dict(data: dict[str, Any]) -> Intervention | Composite:
+    """Rebuild a config (or a composite) from ``to_dict()`` output, e.g. a run manifest entry."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"an intervention must be a JSON object with a 'name', got {type(data).__name__}")
+    values = dict(data)
+    name = values.pop("name", None)
+    if name == COMPOSITE:
+        return Composite(tuple(_expect_single(from_dict(part)) for part in values.get("parts", [])))
+    cls = _lookup(name)
+    types = _field_types(cls)
+    checked = {key: _check_json_value(cls, key, value, types[key]) for key, value in values.items() if key in types}
+    return _build(cls, {**values, **checked})
+
+
+def _expect_single(config: Intervention | Composite) -> Intervention:
+    """A composite part must itself be a plain intervention."""
+    if isinstance(config, Composite):
+        raise ConfigError("a composite cannot contain another composite; list its parts instead")
+    return config

@@ -1,0 +1,103 @@
+"""Modality rebalancing, PAI ("Paying More Attention to Image", Liu et al., ECCV 2024).
+
+Two parts, each optional:
+
+* attention: on the last query row of layers ``layers``, every image key's score ``a`` becomes ``a + alpha * |a|``
+  (``alpha`` 0.5), through the registered attention function (SDPA elsewhere; only that row is recomputed);
+* CFG: the next-token log-probabilities are refined against a text-only branch,
+  ``gamma * (log p(y|v,x) - log p(y|x)) + log p(y|x)`` (``gamma`` 1.1), tokens with ``p(y|v,x)`` below
+  ``cutoff`` (0.1) times the top probability masked.
+
+Layers: the reference code edits 0-based layers ``range(2, 32)`` of the 32-layer LLaVA-1.5 language model, i.e. it
+leaves the first two layers alone. ``layers="default"`` scales that start to the model's depth,
+``round(2 * L / 32)`` (half up), and edits every layer from there to the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+from halluc.errors import ConfigError
+from halluc.models import LVLM, PreparedBatch
+from interventions._attention import add_row_edit
+from interventions._base import Handle, Intervention, register
+from interventions._batching import add_generation_hook, fit, image_key_mask
+from interventions._contrastive import TextOnlyBranch, TextOnlyGuidance
+from interventions._layers import check_layer_spec, resolve_layers, scale_to_depth
+
+__all__ = ["PAI", "pai_layers"]
+
+
+def pai_layers(num_layers: int) -> tuple[int, ...]:
+    """Default PAI layers: from ``round(2 * L / 32)`` to the last (0-based layers 2..31 of a 32-layer model)."""
+    return tuple(range(scale_to_depth(2, num_layers), num_layers))
+
+
+@register("pai")
+@dataclass(frozen=True)
+class PAI(Intervention):
+    """Amplify attention to image tokens on the generating row; optionally refine logits against text only."""
+
+    alpha: float = 0.5
+    layers: str = "default"
+    cfg: bool = False
+    gamma: float = 1.1
+    cutoff: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Check every value, naming the bad one."""
+        if not self.alpha >= 0:
+            raise ConfigError(f"pai: alpha must be >= 0, got {self.alpha!r}")
+        if not self.gamma > 0:
+            raise ConfigError(f"pai: gamma must be > 0, got {self.gamma!r}")
+        if not 0 <= self.cutoff < 1:
+            raise ConfigError(f"pai: cutoff must be in [0, 1), got {self.cutoff!r}")
+        check_layer_spec(self.layers)
+
+    def install(self, lvlm: LVLM, handle: Handle) -> None:
+        """Attach the score edit (unless alpha is 0) and the per-call hook that arms it and adds CFG."""
+        state = _Rebalance(self)
+        if self.alpha > 0:
+            handle.on_remove(add_row_edit(lvlm, resolve_layers(self.layers, lvlm.num_layers, pai_layers), state))
+        handle.on_remove(add_generation_hook(lvlm, state))
+
+
+class _Rebalance:
+    """PAI's per-call state: a ``RowEdit`` (image keys scaled by alpha) and a ``GenerationHook`` (arming, CFG)."""
+
+    def __init__(self, config: PAI) -> None:
+        """Idle until a generate call provides a batch."""
+        self.config = config
+        self._strength: torch.Tensor | None = None  # [batch, 1, prompt]: alpha at image keys, else 0
+        self._fitted: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    @property
+    def armed(self) -> bool:
+        """Whether a generate call is running."""
+        return self._strength is not None
+
+    def strength(self, layer: int, scores: torch.Tensor) -> torch.Tensor:
+        """``alpha`` at each row's image keys, 0 elsewhere, ``[rows, 1, keys]`` (same for every layer and head)."""
+        shape = (scores.shape[0], scores.shape[-1])
+        if self._fitted is None or self._fitted[0] != shape:
+            self._fitted = (shape, fit(self._strength, *shape))
+        return self._fitted[1]
+
+    def on_generate_start(self, lvlm: LVLM, batch: PreparedBatch) -> None:
+        """Arm the edit with this batch's image-key positions."""
+        self._strength = image_key_mask(batch).float()[:, None, :] * self.config.alpha
+        self._fitted = None
+
+    def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
+        """A fresh CFG processor with its own text-only branch when ``cfg`` is on."""
+        if not self.config.cfg:
+            return []
+        return [TextOnlyGuidance(TextOnlyBranch(lvlm, batch), self.config.gamma, self.config.cutoff)]
+
+    def on_generate_end(self, lvlm: LVLM) -> None:
+        """Disarm, so the layers are plain SDPA between calls."""
+        self._strength = None
+        self._fitted = None

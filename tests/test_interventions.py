@@ -1,0 +1,215 @@
+"""Intervention API: registry, CLI strings, JSON, handles, apply/intervene/Composite, and the pure selections."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from tiny_models import build_tiny
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import interventions
+from halluc.errors import ConfigError
+from interventions import (
+    ATTENTION_NAME,
+    PAI,
+    REGISTRY,
+    VHR,
+    Composite,
+    Intervention,
+    TokenEmphasis,
+    apply,
+    from_dict,
+    intervene,
+    parse_intervention,
+    register,
+    select_heads,
+    select_tokens,
+)
+from interventions._attention import row_edit_attention
+from interventions._layers import resolve_layers
+from interventions.modality import pai_layers
+from interventions.token_emphasis import spatial_peaks
+from interventions.vhr import _Reinforcement, head_divergence, vhr_layers
+
+torch.set_num_threads(1)
+
+
+def test_registry_holds_the_three_methods() -> None:
+    assert {"vhr": VHR, "pai": PAI, "token_emphasis": TokenEmphasis}.items() <= REGISTRY.items()
+    with pytest.raises(ConfigError, match="already registered"):
+        register("vhr")(type("Again", (Intervention,), {}))
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("vhr", VHR()),
+        ("vhr:alpha=2.5,layers=0+18-31", VHR(alpha=2.5, layers="0+18-31")),
+        (" pai : alpha = 0.2 , cfg = yes , gamma=1.2 ", PAI(alpha=0.2, cfg=True, gamma=1.2)),
+        ("token_emphasis:local=0.6,head_specific=false", TokenEmphasis(local=0.6, head_specific=False)),
+    ],
+)
+def test_parse_intervention(spec: str, expected: Intervention) -> None:
+    assert parse_intervention(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope:alpha=1", r"unknown intervention 'nope'; choose one of: pai, token_emphasis, vhr"),
+        ("vhr:beta=1", r"unknown parameter 'beta'; valid parameters: alpha, layers"),
+        ("vhr:alpha=high", r"alpha='high' is not a valid float"),
+        ("pai:cfg=maybe", r"cfg='maybe' is not a valid bool"),
+        ("vhr:alpha", r"expected key=value, got 'alpha'"),
+        ("vhr:alpha=-1", r"alpha must be >= 0, got -1.0"),
+        ("pai:cutoff=1", r"cutoff must be in \[0, 1\)"),
+        ("token_emphasis:fraction=0", r"fraction must be in \(0, 1\]"),
+        ("vhr:layers=1-x", r"bad layer item '1-x'"),
+        ("vhr:layers=5-2", r"bad layer range '5-2'"),
+    ],
+)
+def test_parse_errors_name_the_value_and_the_options(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_intervention(spec)
+
+
+def test_json_round_trip() -> None:
+    for config in (VHR(alpha=3.0), PAI(cfg=True), TokenEmphasis(spatial=0.4, layers="all")):
+        data = json.loads(config.to_json())
+        assert data["name"] == config.name and from_dict(data) == config
+    composite = Composite((VHR(), PAI(alpha=0.3)))
+    assert from_dict(json.loads(composite.to_json())) == composite
+    assert from_dict({"name": "vhr", "alpha": 2}) == VHR(alpha=2.0)  # JSON ints are fine for floats
+    with pytest.raises(ConfigError, match="alpha=True is not a valid float"):
+        from_dict({"name": "vhr", "alpha": True})
+    with pytest.raises(ConfigError, match="unknown intervention None"):
+        from_dict({"alpha": 1.0})
+    with pytest.raises(ConfigError, match="Composite parts must be Intervention configs, got str"):
+        Composite(("vhr",))  # type: ignore[arg-type]
+
+
+def test_layer_rules_scale_to_depth() -> None:
+    assert vhr_layers(32) == (0, *range(18, 32))  # layer 1 plus the last 14
+    assert vhr_layers(4) == (0, 2, 3) and vhr_layers(2) == (0, 1)
+    assert pai_layers(32) == tuple(range(2, 32)) and pai_layers(4) == (0, 1, 2, 3)
+    assert resolve_layers("0+2-3", 4, pai_layers) == (0, 2, 3)
+    assert resolve_layers("last", 4, pai_layers) == (3,)
+    with pytest.raises(ConfigError, match="layer 9 in '9' is out of range; this model has layers 0..3"):
+        resolve_layers("9", 4, pai_layers)
+
+
+def test_vhr_head_selection_on_hand_built_outputs() -> None:
+    # 8 heads of width 2; the text-only output of every head is (1, 0) except head 7, which is large.
+    text = torch.tensor([[1.0, 0.0]] * 7 + [[7.0, 0.0]])
+    shift = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 20.0])  # image - text distance per head
+    image = text + torch.stack([torch.zeros(8), shift], dim=-1)
+    heads = torch.stack([image, text])[:, None]  # [2B = 2, seq 1, heads 8, dim 2]
+    vhd, text_norm = head_divergence(heads[:, -1])
+    assert torch.allclose(vhd, shift[None]) and torch.equal(text_norm, text.pow(2).sum(-1)[None])
+    # head 7: VHD and text norm both above mean + std -> outlier, VHD 0; lower median of the rest is 3
+    assert select_heads(vhd, text_norm).tolist() == [[False, False, False, True, True, True, True, False]]
+    # same VHDs but an ordinary text norm: head 7 is no outlier and is reinforced
+    plain = torch.ones(1, 8)
+    assert select_heads(vhd, plain).tolist() == [[False, False, False, False, True, True, True, True]]
+    state = _Reinforcement(alpha=2.0)
+    state.selecting = True
+    edited = state.edit(3, heads)
+    assert state.scales[3].tolist() == [[1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 1.0]]
+    assert torch.equal(edited[:, 0, 3], 2 * heads[:, 0, 3]) and torch.equal(edited[:, 0, 7], heads[:, 0, 7])
+
+
+SALIENCY = torch.tensor(  # a 4x4 CLS attention map: one summary outlier (4.0), a corner peak (0.18)
+    [
+        [0.11, 0.21, 0.12, 0.04],
+        [0.22, 0.35, 0.23, 0.03],
+        [0.06, 0.07, 0.08, 0.16],
+        [0.18, 0.05, 0.01, 4.00],
+    ]
+).flatten()
+
+
+def test_token_selection_on_hand_built_map() -> None:
+    assert spatial_peaks(SALIENCY, (4, 4)).nonzero().flatten().tolist() == [5, 12, 15]
+    local, spatial = select_tokens(SALIENCY, (4, 4), fraction=0.25)
+    assert local.nonzero().flatten().tolist() == [4, 5, 6]  # top 4 minus the summary token
+    assert spatial.nonzero().flatten().tolist() == [12, 15]  # summary token + the peak local missed
+    local, spatial = select_tokens(SALIENCY, None, fraction=0.25)  # no grid: summary tokens only
+    assert local.nonzero().flatten().tolist() == [4, 5, 6] and spatial.nonzero().flatten().tolist() == [15]
+    flat_local, flat_spatial = select_tokens(torch.ones(16), (4, 4), fraction=0.25)
+    assert flat_local.sum() == 4 and not flat_spatial.any()  # a flat map has no outliers and no peaks
+
+
+def test_handles_apply_and_nesting_restore_the_model() -> None:
+    lvlm = build_tiny("llava")
+    handle = TokenEmphasis().attach(lvlm)
+    assert lvlm.attn_implementation == ATTENTION_NAME and len(lvlm.generation_hooks) == 1
+    assert ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] is row_edit_attention
+    assert ALL_MASK_ATTENTION_FUNCTIONS[ATTENTION_NAME] is sdpa_mask  # else the function gets no mask
+    handle.remove()
+    handle.remove()  # idempotent
+    assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == [] and not handle.attached
+    o_proj = lvlm.o_proj(0)
+    users_hook = o_proj.register_forward_pre_hook(lambda module, args: None)  # someone else's: must survive
+    with apply(lvlm, VHR(), PAI()) as outer:
+        assert len(outer) == 2 and len(o_proj._forward_pre_hooks) == 2
+        with apply(lvlm, TokenEmphasis()):
+            assert len(lvlm.generation_hooks) == 3
+        assert lvlm.attn_implementation == ATTENTION_NAME  # PAI still uses it (reference-counted)
+        assert len(lvlm.generation_hooks) == 2 and len(o_proj._forward_pre_hooks) == 2
+    assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
+    assert list(o_proj._forward_pre_hooks) == [users_hook.id]
+    users_hook.remove()
+    lvlm.set_attn_implementation("eager")
+    try:
+        with apply(lvlm, PAI()):
+            assert lvlm.attn_implementation == ATTENTION_NAME
+        assert lvlm.attn_implementation == "eager"  # the previous implementation, whatever it was
+    finally:
+        lvlm.set_attn_implementation("sdpa")
+
+
+def test_apply_removes_its_handles_on_error_and_rejects_non_configs() -> None:
+    lvlm = build_tiny("llava")
+    with pytest.raises(RuntimeError, match="boom"), apply(lvlm, PAI(), VHR()):
+        raise RuntimeError("boom")
+    assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
+    with pytest.raises(ConfigError, match="layer 7 in '7' is out of range"), apply(lvlm, PAI(), VHR(layers="7")):
+        pass
+    assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
+    with pytest.raises(ConfigError, match="expected Intervention configs, got str"), apply(lvlm, "vhr"):
+        pass
+
+
+def test_attach_failure_undoes_the_partial_install() -> None:
+    @dataclass(frozen=True)
+    class Broken(PAI):
+        def install(self, lvlm, handle) -> None:
+            super().install(lvlm, handle)
+            raise RuntimeError("half-way")
+
+    lvlm = build_tiny("llava")
+    with pytest.raises(RuntimeError, match="half-way"):
+        Broken().attach(lvlm)
+    assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
+
+
+def test_intervene_decorator_and_composite() -> None:
+    lvlm = build_tiny("llava")
+    seen: list[tuple[str, int]] = []
+
+    @intervene(PAI(), VHR())
+    def probe(model, label: str) -> str:
+        seen.append((model.attn_implementation, len(model.generation_hooks)))
+        return label
+
+    assert probe(lvlm, "x") == "x" and seen == [(ATTENTION_NAME, 2)]
+    assert lvlm.generation_hooks == []
+    with pytest.raises(ConfigError, match="needs the LVLM as the first argument"):
+        probe("not a model", "x")
+    with Composite((PAI(), VHR())).apply(lvlm) as handles:
+        assert [h.name for h in handles] == ["pai", "vhr"]
+    assert lvlm.generation_hooks == [] and interventions.__all__
