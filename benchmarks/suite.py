@@ -16,7 +16,7 @@ from benchmarks.runner import GenerationSettings
 from halluc.imagesets import resolve_images
 from halluc.runs import RunStore
 
-__all__ = ["SuiteRow", "run_suite"]
+__all__ = ["SuiteRow", "finished_metrics", "run_suite"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class SuiteRow:
         }
 
 
-def _finished_metrics(path: Path) -> dict[str, Any] | None:
+def finished_metrics(path: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``path``, or None when it is missing or unfinished (so it is (re)run)."""
     if not (path / "metrics.json").exists():
         return None
     store = RunStore.open(path)
@@ -72,7 +73,7 @@ def run_suite(
             cell = root / f"{name}__{spec.replace(':', '-')}"
             chair_dir, pope_dir = cell / "chair", cell / "pope"
             chair_metrics = (
-                _finished_metrics(chair_dir)
+                finished_metrics(chair_dir)
                 or run_chair(
                     lvlm,
                     chair_set,
@@ -85,7 +86,7 @@ def run_suite(
                 ).metrics
             )
             pope_metrics = (
-                _finished_metrics(pope_dir)
+                finished_metrics(pope_dir)
                 or run_pope(
                     lvlm,
                     pope_set,

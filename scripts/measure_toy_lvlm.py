@@ -65,7 +65,7 @@ def main() -> None:
         > val["pope_adversarial_acc"],
         "POPE adversarial >= 5 points below random (val)": val["pope_random_acc"] - val["pope_adversarial_acc"] >= 0.05,
         "later sentences hallucinate more than the first (shift)": max(
-            v for k, v in shift["hallucination_rate_by_sentence"].items() if k != "1"
+            (v for k, v in shift["hallucination_rate_by_sentence"].items() if k != "1"), default=0.0
         )
         > shift["hallucination_rate_by_sentence"].get("1", 0.0),
     }

@@ -1,0 +1,133 @@
+"""Measure the interventions' effect on hallucination: baseline vs each method over seeded image subsets, and a
+strength sweep per method with its Pareto front of CHAIR_i against recall.
+
+    python scripts/measure_interventions.py --out runs/measure-interventions      # toy model, ~15 min on 2 cores
+
+1. For each seed, a random subset of ``--chair-images`` images of each image set (ids written to
+   ``<out>/ids-<set>-seed<k>.txt``) gets CHAIR, and ``--pope-images`` seeded POPE images get POPE, for the baseline
+   and every method at its paper default. Reported: mean and std over seeds of CHAIR_s, CHAIR_i, recall, POPE F1.
+2. On ``--sweep-images`` (seed 0's subset), CHAIR for each method at several strengths; the points not dominated
+   in (lower CHAIR_i, higher recall) form the Pareto front.
+
+Every cell is a run directory; rerunning the command reuses finished cells (resume after interruption).
+Results: ``<out>/report.json`` and tables on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.jobs import run_chair
+from benchmarks.runner import GenerationSettings
+from benchmarks.suite import finished_metrics, run_suite
+from halluc.defaults import default_model
+from halluc.imagesets import resolve_images
+from halluc.models import load_lvlm
+from interventions import PAI, VHR, Intervention, TokenEmphasis
+
+METRICS = ("CHAIR_s", "CHAIR_i", "recall", "pope_f1")
+DEFAULTS: dict[str, Intervention | None] = {"baseline": None, "vhr": VHR(), "token_emphasis": TokenEmphasis(),
+                                            "pai": PAI(), "pai+cfg": PAI(cfg=True)}  # fmt: skip
+SWEEP: dict[str, list[Intervention]] = {
+    "vhr": [VHR(alpha=a) for a in (1.5, 2.0, 3.0, 4.0)],
+    "token_emphasis": [TokenEmphasis(local=s, spatial=s * 3 / 7) for s in (0.35, 0.7, 1.4, 2.8)],
+    "pai": [PAI(alpha=a) for a in (0.25, 0.5, 1.0, 2.0)],
+}
+
+
+def subset_ids(spec: str, n: int, seed: int, out: Path) -> Path:
+    """Write a seeded random subset of ``n`` image ids of ``spec`` and return the file."""
+    ids = [str(i) for i in resolve_images(spec).image_ids]
+    chosen = sorted(random.Random(seed).sample(ids, min(n, len(ids))), key=ids.index)
+    path = out / f"ids-{spec.replace(':', '-')}-seed{seed}.txt"
+    path.write_text("".join(f"{i}\n" for i in chosen))
+    return path
+
+
+def pareto(points: list[dict[str, Any]]) -> list[str]:
+    """Labels of the points no other point beats on both lower CHAIR_i and higher recall."""
+
+    def beats(q: dict[str, Any], p: dict[str, Any]) -> bool:
+        better_or_equal = q["CHAIR_i"] <= p["CHAIR_i"] and q["recall"] >= p["recall"]
+        return better_or_equal and (q["CHAIR_i"], q["recall"]) != (p["CHAIR_i"], p["recall"])
+
+    return [p["label"] for p in points if not any(beats(q, p) for q in points)]
+
+
+def label(config: Intervention | None) -> str:
+    if config is None:
+        return "baseline"
+    fields = {k: v for k, v in config.to_dict().items() if k in ("alpha", "local", "cfg") and v is not False}
+    return config.name + "(" + ",".join(f"{k}={v}" for k, v in fields.items()) + ")"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/measure-interventions"))
+    parser.add_argument("--images", nargs="+", default=["toy:val", "toy:shift"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--chair-images", type=int, default=100)
+    parser.add_argument("--pope-images", type=int, default=40)
+    parser.add_argument("--sweep-images", default="toy:shift")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lvlm = load_lvlm(args.model or default_model())
+
+    cells: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for seed in args.seeds:
+        ids = {spec: subset_ids(spec, args.chair_images, seed, args.out) for spec in args.images}
+        rows = run_suite(
+            lvlm, DEFAULTS, args.images, args.out / f"seed{seed}", chair_images=args.chair_images,
+            pope_images=args.pope_images, batch_size=args.batch_size, seed=seed, ids_files=ids,
+        )  # fmt: skip
+        for row in rows:
+            cells.setdefault((row.system, row.images), []).append(row.flat())
+    summary = []
+    for (system, images), flats in cells.items():
+        entry: dict[str, Any] = {"system": system, "images": images, "n_seeds": len(flats)}
+        for metric in METRICS:
+            values = [f[metric] for f in flats]
+            entry[metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+        summary.append(entry)
+
+    sweep_ids = subset_ids(args.sweep_images, args.chair_images, args.seeds[0], args.out)
+    sweep_set = resolve_images(args.sweep_images, ids_file=sweep_ids)
+    settings = GenerationSettings(max_new_tokens=128, batch_size=args.batch_size)
+    points = []
+    plan = [("baseline", None)] + [(method, config) for method, configs in SWEEP.items() for config in configs]
+    for method, config in plan:
+        name = label(config)
+        run_dir = args.out / "sweep" / "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
+        metrics = (
+            finished_metrics(run_dir)
+            or run_chair(
+                lvlm, sweep_set, run_dir, settings=settings, intervention=config, seed=args.seeds[0], resume=True
+            ).metrics
+        )
+        points.append({"label": name, "method": method, **{k: metrics[k] for k in ("CHAIR_s", "CHAIR_i", "recall")}})
+    report = {"summary": summary, "sweep": {"images": args.sweep_images, "points": points, "pareto": pareto(points)}}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+
+    print(f"\nmean ± std over seeds {args.seeds} ({args.chair_images} CHAIR images, {args.pope_images} POPE images)")
+    print(f"{'system':16} {'images':10} " + " ".join(f"{m:>15}" for m in METRICS))
+    for e in summary:
+        cells_text = " ".join(f"{100 * e[m]['mean']:7.1f} ± {100 * e[m]['std']:4.1f}" for m in METRICS)
+        print(f"{e['system']:16} {e['images']:10} {cells_text}")
+    print(f"\nstrength sweep on {args.sweep_images} (CHAIR_s, CHAIR_i, recall; * = Pareto front)")
+    for p in points:
+        star = "*" if p["label"] in report["sweep"]["pareto"] else " "
+        print(f"{star} {p['label']:34} {100 * p['CHAIR_s']:6.1f} {100 * p['CHAIR_i']:6.1f} {100 * p['recall']:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
