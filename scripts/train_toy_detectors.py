@@ -31,7 +31,7 @@ from halluc.errors import ConfigError, HallucError, InputDataError
 from halluc.imagesets import cache_dir
 from halluc.runs import atomic_write_json
 
-__all__ = ["ModelPlan", "coco_to_yolo", "main", "toy_name", "train_one"]
+__all__ = ["ModelPlan", "coco_to_yolo", "main", "ship_checkpoint", "toy_name", "train_one"]
 
 MAX_CHECKPOINT_MB = 8.0
 
@@ -171,6 +171,20 @@ def train_one(
     return best, record
 
 
+def ship_checkpoint(best: Path, target: Path) -> None:
+    """Copy a checkpoint without this machine's paths: absolute paths in its recorded settings become file names."""
+    import torch
+
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)  # our own file, written by ultralytics
+    model_args = getattr(checkpoint.get("model"), "args", None)
+    for settings in (checkpoint.get("train_args"), model_args):
+        for key, value in (settings or {}).items():
+            if isinstance(value, str) and os.path.isabs(value):
+                settings[key] = Path(value).name
+    checkpoint.pop("git", None)
+    torch.save(checkpoint, target)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=cache_dir() / "toy_detectors", help="world, dataset, runs")
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if record["size_mb"] > MAX_CHECKPOINT_MB:
                 raise ConfigError(f"{best} is {record['size_mb']} MB, over the {MAX_CHECKPOINT_MB} MB asset limit")
-            shutil.copyfile(best, args.out_dir / f"{toy_name(plan.cfg)}.pt")
+            ship_checkpoint(best, args.out_dir / f"{toy_name(plan.cfg)}.pt")
             report[toy_name(plan.cfg)] = record
             print(f"{toy_name(plan.cfg)}: {json.dumps(record)}")
         atomic_write_json(args.out_dir / "metrics.json", report)
