@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_models import build_tiny, tiny_parts
+from tiny_models import build_tiny
 
 from benchmarks.jobs import run_chair, run_pope
 from benchmarks.runner import GenerationSettings
@@ -26,15 +26,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("world")
     build_split("val", 40, root, seed=3)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llava")
-    model, processor = tiny_parts("llava")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def _image_args(world: Path) -> list[str]:

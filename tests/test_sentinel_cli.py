@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from tiny_models import tiny_parts
 from typer.testing import CliRunner
 
 from halluc.cli import app
@@ -21,15 +20,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("world")
     build_split("train", 3, root, seed=11)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llava")
-    model, processor = tiny_parts("llava")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def _cli(*args: str) -> Result:
