@@ -67,9 +67,10 @@ def _intervention(specs: list[str] | None):
     """Parse repeated --intervention specs into one (composed) intervention, or None."""
     if not specs:
         return None
-    from interventions import compose, parse_intervention
+    from interventions import Composite, parse_intervention
 
-    return compose(*[parse_intervention(spec) for spec in specs])
+    parsed = [parse_intervention(spec) for spec in specs]
+    return parsed[0] if len(parsed) == 1 else Composite(tuple(parsed))
 
 
 def _out_dir(out: Path | None, job: str) -> Path:
@@ -176,12 +177,9 @@ def _report(result) -> None:
 def _demo_systems() -> dict[str, object]:
     """Baseline plus every registered intervention at its paper-default strength."""
     systems: dict[str, object] = {"baseline": None}
-    try:
-        from interventions import default_configs
-    except ImportError:
-        console.print("[yellow]interventions: not built yet; the demo runs the baseline only[/]")
-        return systems
-    systems.update(default_configs())
+    from interventions import REGISTRY
+
+    systems.update({name: cls() for name, cls in sorted(REGISTRY.items())})
     return systems
 
 
@@ -221,33 +219,276 @@ def demo(
 
 
 @app.command()
-def heads(model: ModelOpt = "", images: ImagesOpt = "toy:val", out: OutOpt = None) -> None:
-    """Per-(layer, head) vision-aware head divergence and image-attention mass, with a heatmap."""
-    _not_built("heads", "head analysis lands with the interventions issue")
+def heads(
+    model: ModelOpt = "",
+    images: ImagesOpt = "toy:val",
+    annotations: AnnOpt = None,
+    image_ids: IdsOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Number of images to average over.")] = 32,
+    prompt: Annotated[str, typer.Option("--prompt")] = "Please describe this image in detail.",
+    out: OutOpt = None,
+    batch_size: BatchOpt = 8,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Per-(layer, head) vision-aware head divergence and image-attention mass: heads.json + heads.png."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from benchmarks.runner import load_image
+    from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore, config_hash
+    from interventions import analyse_heads
+
+    image_set = resolve_images(images, instances=annotations, ids_file=image_ids, limit=limit)
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    torch.manual_seed(seed)
+    manifest = {"job": "heads", "model": str(lvlm.name_or_path), "images": image_set.describe(), "prompt": prompt}
+    store = RunStore.create(_out_dir(out, "heads"), {**manifest, "config_hash": config_hash(manifest)})
+    ids = list(image_set.image_ids)
+    reports = []
+    for start in tqdm(range(0, len(ids), batch_size), desc="analysing heads", unit="batch"):
+        batch = [load_image(str(image_set.path(i))) for i in ids[start : start + batch_size]]
+        reports.append((len(batch), analyse_heads(lvlm, batch, prompt)))
+    report = _mean_report(reports)
+    store.write_artifact("heads.json", json.loads(report.to_json()))
+    report.write_heatmap(store.path / "heads.png")
+    store.finish()
+    console.print(f"run: [bold]{store.path}[/] (heads.json, heads.png)")
+
+
+def _mean_report(weighted: list):
+    """Image-weighted mean of per-batch head reports."""
+    import dataclasses
+
+    import numpy as np
+
+    total = sum(n for n, _ in weighted)
+    first = weighted[0][1]
+
+    def mean(field: str) -> list[list[float]]:
+        return (sum(n * np.asarray(getattr(r, field)) for n, r in weighted) / total).tolist()
+
+    return dataclasses.replace(first, images=total, vhd=mean("vhd"), image_attention=mean("image_attention"))
 
 
 @app.command()
-def crosscheck(out: OutOpt = None) -> None:
+def crosscheck(
+    systems: Annotated[
+        list[str],
+        typer.Option(
+            "--systems",
+            help="A system: 'baseline', an intervention spec such as 'vhr:alpha=2', or '<model>@<either>'; repeat.",
+        ),
+    ],
+    model: ModelOpt = "",
+    images: ImagesOpt = "toy:val",
+    annotations: AnnOpt = None,
+    captions: CapsOpt = None,
+    image_ids: IdsOpt = None,
+    limit: LimitOpt = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Sampled evidence passages per image.")] = 4,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.01, help="Evidence sampling temperature.")] = 0.7,
+    weight_temperature: Annotated[
+        float, typer.Option("--weight-temperature", min=0.001, help="T of softmax(-self-inconsistency / T).")
+    ] = 0.1,
+    prompt: Annotated[str, typer.Option("--prompt")] = "Please describe this image in detail.",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
+    out: OutOpt = None,
+    batch_size: BatchOpt = 16,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
     """Reference-free CrossCheck consistency ranking of several (model, intervention) systems."""
-    _not_built("crosscheck", "lands with the detectors/CrossCheck issue")
+    from benchmarks.crosscheck import FILE, CrossCheckSettings, parse_system, run_crosscheck
+    from halluc.imagesets import resolve_images
+
+    parsed = [parse_system(spec) for spec in systems]
+    image_set = resolve_images(images, instances=annotations, captions=captions, ids_file=image_ids, limit=limit)
+    settings = CrossCheckSettings(
+        n_samples=samples, sample_temperature=temperature, weight_temperature=weight_temperature,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, prompt=prompt, seed=seed,
+    )  # fmt: skip
+    run_dir = _out_dir(out, "crosscheck")
+    result = run_crosscheck(
+        parsed,
+        image_set,
+        run_dir,
+        lambda name: _load_model(name or model, device, dtype, trust_remote_code),
+        settings=settings,
+        resume=resume,
+    )
+    table = Table("rank", "system", "explicit", "implicit", "CHAIR_i")
+    for row in sorted(result["systems"], key=lambda r: r["rank_explicit"]):
+        cells = [row["explicit"], row["implicit"], row["CHAIR_i"]]
+        table.add_row(str(row["rank_explicit"]), row["system"], *("-" if v is None else f"{v:.3f}" for v in cells))
+    console.print(table)
+    for name in result["unscored"]:
+        console.print(f"[yellow]{name}[/]: no sentence of its descriptions names an object; not ranked")
+    for name, value in result["correlations"].items():
+        console.print(f"{name}: {value:.3f}")
+    console.print(f"run: [bold]{run_dir}[/] ({FILE})")
+
+
+sentinel_app = typer.Typer(help="SENTINEL sentence-level, detector-validated preference pairs.", no_args_is_help=True)
+dpo_app = typer.Typer(help="Context-aware DPO training on SENTINEL pairs (extra: dpo).", no_args_is_help=True)
+app.add_typer(sentinel_app, name="sentinel")
+app.add_typer(dpo_app, name="dpo")
+
+
+@sentinel_app.command("generate")
+def sentinel_generate(
+    images: Annotated[
+        str, typer.Option("--images", help="Train-distribution image directory (halluc world build --split train).")
+    ],
+    model: ModelOpt = "",
+    annotations: AnnOpt = None,
+    image_ids: IdsOpt = None,
+    limit: LimitOpt = None,
+    detector: Annotated[
+        list[str] | None,
+        typer.Option("--detector", help="Detector spec; give exactly two (default: toy-yolov8, toy-yolo11)."),
+    ] = None,
+    question: Annotated[str, typer.Option("--question")] = "Please describe this image in detail.",
+    n_samples: Annotated[int, typer.Option("--n-samples", min=1, help="Samples per sentence.")] = 10,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.01)] = 0.7,
+    max_sentence_tokens: Annotated[int, typer.Option("--max-sentence-tokens", min=1)] = 48,
+    max_sentences: Annotated[int, typer.Option("--max-sentences", min=1)] = 12,
+    pair_type: Annotated[
+        list[str] | None, typer.Option("--pair-type", help="coherent (default) and/or exploratory; repeat.")
+    ] = None,
+    out: OutOpt = None,
+    batch_size: BatchOpt = 4,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Grow descriptions sentence by sentence and write detector-validated preference pairs (pairs.jsonl)."""
+    from benchmarks.jobs import model_fingerprint
+    from detectors import CrossCheckValidator, load_detector
+    from halluc.errors import ConfigError
+    from halluc.imagesets import resolve_images
+    from halluc.sentinel import LVLMSentenceSource, SentinelConfig, generate_pairs
+
+    specs = detector or ["toy-yolov8", "toy-yolo11"]
+    if len(specs) != 2:
+        raise ConfigError(f"--detector must be given exactly twice (two detectors cross-check), got {specs}")
+    config = SentinelConfig(
+        question=question,
+        n_samples=n_samples,
+        temperature=temperature,
+        max_sentence_tokens=max_sentence_tokens,
+        max_sentences=max_sentences,
+        batch_images=batch_size,
+        pair_types=tuple(pair_type or ("coherent",)),
+        seed=seed,
+    )
+    image_set = resolve_images(images, instances=annotations, ids_file=image_ids, limit=limit)
+    run_dir = _out_dir(out, "sentinel")
+    validator = CrossCheckValidator(
+        load_detector(specs[0]), load_detector(specs[1]), cache_path=run_dir / "crosscheck_cache.jsonl"
+    )
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    result = generate_pairs(
+        LVLMSentenceSource(lvlm, config),
+        validator,
+        image_set,
+        run_dir,
+        config=config,
+        model_info={**model_fingerprint(lvlm), "detectors": specs},
+        resume=resume,
+    )
+    console.print(f"run: [bold]{result.store.path}[/]  ({result.generated} images generated, {result.skipped} resumed)")
+    stats = result.stats
+    console.print(f"{stats['n_pairs']} pairs from {stats['n_images']} images {stats['pairs_by_type']}")
+    table = Table("sentence", "images", "sentences with objects", "hallucinated", "rate", "pairs")
+    for row in stats["by_position"]:
+        rate = row["hallucination_rate"]
+        table.add_row(
+            str(row["step"] + 1), str(row["images"]), str(row["sentences_with_objects"]), str(row["hallucinated"]),
+            "-" if rate is None else f"{100 * rate:.1f}%", str(row["pairs"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+@dpo_app.command("train")
+def dpo_train(
+    pairs: Annotated[list[Path], typer.Option("--pairs", help="SENTINEL run directory or pairs.jsonl; repeatable.")],
+    model: ModelOpt = "",
+    out: OutOpt = None,
+    pair_type: Annotated[
+        list[str] | None, typer.Option("--pair-type", help="Train only on these pair types (default: all).")
+    ] = None,
+    beta: Annotated[float, typer.Option("--beta", min=0.0)] = 0.1,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-4,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.0)] = 1.0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Overrides --epochs.")] = None,
+    batch_size: BatchOpt = 8,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1)] = 1,
+    lora_r: Annotated[int, typer.Option("--lora-r", min=1)] = 16,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1)] = 32,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (GPU).")] = False,
+    seed: SeedOpt = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (all GPUs under accelerate launch).")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16 weights.")] = "float32",
+) -> None:
+    """LoRA context-aware DPO (only the next sentence scored, beta 0.1); saves the adapter and a merged model."""
+    from halluc.defaults import default_model
+    from halluc.dpo import DpoSettings, load_pairs, train_dpo
+
+    settings = DpoSettings(
+        beta=beta, learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16, seed=seed,
+    )  # fmt: skip
+    loaded = load_pairs(pairs, pair_types=pair_type)
+    result = train_dpo(
+        model or default_model(),
+        loaded,
+        _out_dir(out, "dpo"),
+        settings=settings,
+        device=device,
+        dtype=dtype,
+        model_info={"pairs": [str(p) for p in pairs]},
+    )
+    console.print(f"run: [bold]{result.store.path}[/]; merged model: [bold]{result.merged}[/]")
+    console.print_json(json.dumps(result.metrics, default=str))
 
 
 @app.command()
-def sentinel(out: OutOpt = None) -> None:
-    """SENTINEL sentence-level, detector-validated preference-pair generation."""
-    _not_built("sentinel", "lands with the SENTINEL issue")
-
-
-@app.command()
-def dpo(out: OutOpt = None) -> None:
-    """Context-aware DPO training on SENTINEL pairs (extra: dpo)."""
-    _not_built("dpo", "lands with the SENTINEL issue")
-
-
-@app.command()
-def dashboard(runs: RunsDirOpt = Path("runs"), port: int = 8501) -> None:
+def dashboard(
+    runs: RunsDirOpt = Path("runs"),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 8501,
+) -> None:
     """Streamlit dashboard over a runs directory, bound to 127.0.0.1."""
-    _not_built("dashboard", "lands with the dashboard issue")
+    import os
+    import subprocess
+
+    from halluc.errors import ConfigError, InputDataError
+
+    root = runs.resolve()
+    if not root.is_dir():
+        raise InputDataError(f"runs directory {str(runs)!r} does not exist; pass --runs DIR, a folder of runs")
+    entry = Path(__file__).resolve().parent.parent / "app" / "main.py"
+    if not entry.is_file():
+        raise ConfigError(f"the dashboard app is missing ({entry}); run halluc from a source checkout of the project")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(entry),
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+    ]  # fmt: skip
+    console.print(f"dashboard over {root}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    try:
+        code = subprocess.call(command, env={**os.environ, "HALLUC_RUNS_DIR": str(root)})
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 
 @world_app.command("build")

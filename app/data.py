@@ -1,0 +1,310 @@
+"""Read-only access to a runs directory: the runs, their files, and the images and annotations they point at.
+
+Nothing here imports Streamlit, so every reader is testable alone. Bad data never crashes a page: scanning
+collects problems as messages, and the per-file readers raise :class:`InputDataError` naming the file and what
+is wrong, which the pages show. Only run directories directly inside the runs directory are read (symlinks that
+lead outside are refused). A manifest records absolute paths of images and COCO annotations; when such a file is
+missing (runs copied to another machine, test fixtures) a file of the same name is looked up in
+``<run>/assets/`` and then ``<runs dir>/assets/`` (see app/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from halluc.errors import ConfigError, InputDataError
+from halluc.runs import MANIFEST, METRICS, SAMPLES
+
+__all__ = [
+    "ASSETS",
+    "CHAIR_KEYS",
+    "HEADLINE",
+    "POPE_KEYS",
+    "RUNS_ENV",
+    "Run",
+    "Scan",
+    "chair_details",
+    "gt_boxes",
+    "headline",
+    "intervention_label",
+    "intervention_strength",
+    "locate",
+    "ordered",
+    "read_json",
+    "read_jsonl",
+    "run_file",
+    "runs_root",
+    "samples",
+    "scan_runs",
+]
+
+RUNS_ENV = "HALLUC_RUNS_DIR"
+ASSETS = "assets"
+CHAIR_KEYS = ("CHAIR_s", "CHAIR_i", "recall", "precision", "f1", "avg_len")  # as benchmarks.chair writes them
+POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")  # per split, as benchmarks.pope writes them
+HEADLINE = ("CHAIR_s", "CHAIR_i", "recall", "f1", "POPE accuracy", "POPE f1", "POPE yes_ratio")
+
+
+def runs_root() -> Path:
+    """The runs directory the dashboard serves: ``$HALLUC_RUNS_DIR`` (set by ``halluc dashboard``) or ./runs."""
+    return Path(os.environ.get(RUNS_ENV, "runs")).resolve()
+
+
+def _inside(path: Path, base: Path) -> bool:
+    return path.resolve().is_relative_to(base.resolve())
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file, or raise InputDataError naming the file and the problem."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"{path} is not valid JSON ({exc})") from None
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records of a JSONL file plus a message per unreadable line; a torn last line (writer still busy) is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    lines = text.split("\n")
+    records, problems = [], []
+    for lineno, line in enumerate(lines[:-1], 1):  # the part after the last newline is an unfinished record
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path.name} line {lineno}: not valid JSON ({exc.msg})")
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(record).__name__}")
+    return records, problems
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory as the dashboard sees it: manifest, metrics (None until scored) and readable problems."""
+
+    id: str
+    path: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, Any] | None
+    n_samples: int
+    problems: tuple[str, ...] = ()
+
+    @property
+    def job(self) -> str:
+        return str(self.manifest.get("job", "?"))
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status", "unknown"))
+
+    @property
+    def model(self) -> str:
+        """The model's last path component (local paths) or hub id."""
+        model = str(self.manifest.get("model") or "?")
+        return Path(model).name if Path(model).is_absolute() else model
+
+    @property
+    def dataset(self) -> str:
+        return str((self.manifest.get("images") or {}).get("name", "?"))
+
+    @property
+    def n_requests(self) -> int | None:
+        value = self.manifest.get("n_requests")
+        return value if isinstance(value, int) else None
+
+    @property
+    def intervention(self) -> str:
+        return intervention_label(self.manifest.get("intervention"))
+
+    @property
+    def label(self) -> str:
+        """Short human name used in pickers and chart legends."""
+        return f"{self.id} ({self.job}, {self.intervention})"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The runs found under a root, newest first, and a message per directory that could not be read."""
+
+    root: Path
+    runs: tuple[Run, ...]
+    problems: tuple[str, ...]
+
+    def by_id(self, run_id: str) -> Run:
+        """The run called ``run_id``; ConfigError listing valid ids otherwise (e.g. a stale ?run= link)."""
+        for run in self.runs:
+            if run.id == run_id:
+                return run
+        valid = ", ".join(r.id for r in self.runs) or "none"
+        raise ConfigError(f"no run {run_id!r} in {self.root}; valid runs: {valid}")
+
+    def with_job(self, job: str) -> list[Run]:
+        return [run for run in self.runs if run.job == job]
+
+    def with_file(self, name: str) -> list[Run]:
+        """Runs holding the artefact ``name`` (e.g. heads.json)."""
+        return [run for run in self.runs if (run.path / name).is_file()]
+
+
+def _count_samples(path: Path) -> int:
+    """Complete records in samples.jsonl and any per-process shard files (cheap newline count)."""
+    files = [path / SAMPLES, *path.glob("samples.*.jsonl")]
+    return sum(file.read_bytes().count(b"\n") for file in files if file.is_file())
+
+
+def _load_run(path: Path) -> Run:
+    """Read one run directory; raises InputDataError when its manifest is unusable."""
+    manifest = read_json(run_file(path, MANIFEST))
+    if not isinstance(manifest, dict):
+        raise InputDataError(f"{path / MANIFEST} must hold a JSON object, got {type(manifest).__name__}")
+    problems: list[str] = []
+    metrics = None
+    if (path / METRICS).exists():
+        try:
+            metrics = read_json(run_file(path, METRICS))
+        except InputDataError as exc:
+            problems.append(str(exc))
+        if metrics is not None and not isinstance(metrics, dict):
+            problems.append(f"{path / METRICS} must hold a JSON object; metrics ignored")
+            metrics = None
+    return Run(path.name, path, manifest, metrics, _count_samples(path), tuple(problems))
+
+
+def scan_runs(root: Path) -> Scan:
+    """Every run directly inside ``root``, newest first; unreadable ones become messages, never exceptions."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        return Scan(root, (), (f"runs directory {root} does not exist",))
+    runs: list[Run] = []
+    problems: list[str] = []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or child.name == ASSETS:
+            continue
+        if not _inside(child, root):
+            problems.append(f"{child.name}: skipped, it links outside {root}")
+        elif (child / MANIFEST).exists():
+            try:
+                runs.append(_load_run(child))
+            except InputDataError as exc:
+                problems.append(f"{child.name}: {exc}")
+        elif (child / SAMPLES).exists():
+            problems.append(f"{child.name}: has {SAMPLES} but no {MANIFEST}; not shown")
+    runs.sort(key=lambda r: str(r.manifest.get("started_at", "")), reverse=True)
+    return Scan(root, tuple(runs), tuple(problems))
+
+
+def run_file(run: Run | Path, name: str) -> Path:
+    """Path of the file ``name`` in a run; refuses names or symlinks that lead outside the run directory."""
+    base = run.path if isinstance(run, Run) else Path(run)
+    path = base / name
+    if not _inside(path, base):
+        raise InputDataError(f"{path} leads outside its run directory {base}; refusing to read it")
+    return path
+
+
+def samples(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
+    """The run's sample records (main file then shard files) and a message per unreadable line."""
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for file in [run_file(run, SAMPLES), *sorted(run.path.glob("samples.*.jsonl"))]:
+        if file.is_file():
+            got, bad = read_jsonl(file)
+            records.extend(got)
+            problems.extend(bad)
+    return records, problems
+
+
+def chair_details(run: Run) -> dict[int, dict[str, Any]] | None:
+    """Per-caption CHAIR details by image id (None before scoring), as ``benchmarks.chair`` writes them."""
+    path = run_file(run, "chair_details.json")
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "image_id" in d for d in data):
+        raise InputDataError(f"{path} must hold a JSON array of objects with an 'image_id'")
+    return {int(d["image_id"]): d for d in data}
+
+
+def locate(run: Run, root: Path, recorded: str | Path | None) -> Path | None:
+    """The file a manifest records, else a same-named file in <run>/assets/ or <root>/assets/, else None."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if path.is_file():
+        return path
+    for base in (run.path / ASSETS, Path(root) / ASSETS):
+        candidate = base / path.name
+        if candidate.is_file() and _inside(candidate, base):
+            return candidate
+    return None
+
+
+def gt_boxes(instances: Path) -> dict[int, list[tuple[str, tuple[float, float, float, float]]]]:
+    """Ground-truth boxes per image id from a COCO instances file: (category name, (x, y, w, h))."""
+    data = read_json(instances)
+    try:
+        names = {cat["id"]: cat["name"] for cat in data["categories"]}
+        boxes: dict[int, list[tuple[str, tuple[float, float, float, float]]]] = {}
+        for ann in data["annotations"]:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            boxes.setdefault(int(ann["image_id"]), []).append((names[ann["category_id"]], (x, y, w, h)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputDataError(f"{instances} is not a COCO instances file ({exc!r})") from None
+    return boxes
+
+
+def intervention_label(spec: Any) -> str:
+    """Readable name of a manifest's intervention: ``none``, ``vhr(alpha=2.0, layers=default)``, parts joined by +."""
+    if not spec:
+        return "none"
+    if isinstance(spec, list):
+        return "+".join(intervention_label(part) for part in spec)
+    if isinstance(spec, dict):
+        if isinstance(spec.get("parts"), list):  # interventions.Composite.to_dict()
+            return intervention_label(spec["parts"])
+        params = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        return f"{spec.get('name', '?')}({params})" if params else str(spec.get("name", "?"))
+    return str(spec)
+
+
+def intervention_strength(spec: Any) -> tuple[str, float | None]:
+    """(method, strength) for trade-off plots: ``alpha`` (or ``strength``), else the first numeric setting; none = 0."""
+    if not spec:
+        return "none", 0.0
+    if isinstance(spec, dict) and not isinstance(spec.get("parts"), list):
+        numbers = {k: v for k, v in spec.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        key = next((k for k in ("alpha", "strength") if k in numbers), next(iter(numbers), None))
+        return str(spec.get("name", "?")), float(numbers[key]) if key is not None else None
+    return intervention_label(spec), None
+
+
+def ordered(names: Iterable[str], first: Sequence[str]) -> list[str]:
+    """``names`` with those listed in ``first`` leading, in that order, and the others sorted after them."""
+    return sorted(names, key=lambda n: (n not in first, first.index(n) if n in first else 0, n))
+
+
+def headline(run: Run) -> dict[str, float]:
+    """Key metrics for the runs table (names in ``HEADLINE``): CHAIR's, or POPE's means over its splits."""
+    metrics = run.metrics or {}
+    if run.job == "pope":
+        mean = metrics.get("mean") if isinstance(metrics.get("mean"), dict) else {}
+        picked = {f"POPE {k}": mean.get(k) for k in ("accuracy", "f1", "yes_ratio")}
+    else:
+        picked = {k: metrics.get(k) for k in HEADLINE[:4]}
+    return {k: float(v) for k, v in picked.items() if isinstance(v, int | float)}

@@ -1,0 +1,109 @@
+"""Compare page: chosen runs' metrics side by side with deltas to a baseline, bar charts, and the CHAIR trade-off."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, ui
+
+__all__: list[str] = []
+
+_LOWER_IS_BETTER = {"CHAIR_s", "CHAIR_i"}
+_BARS = ("CHAIR_s", "CHAIR_i", "recall", "precision", "f1")  # fractions; avg_len is on another scale
+
+
+def _metrics(run: data.Run) -> dict[str, float]:
+    """The numbers compared for a run: CHAIR's aggregate metrics, or POPE's per-split and mean metrics."""
+    metrics = run.metrics or {}
+    if run.job == "pope":
+        return {
+            f"{split} {key}": float(values[key])
+            for split, values in metrics.items()
+            if isinstance(values, dict)
+            for key in data.POPE_KEYS
+            if isinstance(values.get(key), int | float)
+        }
+    return {k: float(metrics[k]) for k in data.CHAIR_KEYS if isinstance(metrics.get(k), int | float)}
+
+
+def _cards(runs: list[data.Run], baseline: data.Run, keys: list[str]) -> None:
+    """One column of metric cards per run, each with its delta to the baseline run."""
+    base = _metrics(baseline)
+    for column, run in zip(st.columns(len(runs)), runs, strict=True):
+        column.markdown(f"**{run.id}**  \n{run.intervention}")
+        values = _metrics(run)
+        for key in keys:
+            if key not in values:
+                continue
+            delta = None if run is baseline or key not in base else f"{values[key] - base[key]:+.3f}"
+            column.metric(
+                key, f"{values[key]:.3f}", delta, delta_color="inverse" if key in _LOWER_IS_BETTER else "normal"
+            )
+
+
+def _table(runs: list[data.Run], baseline: data.Run) -> pd.DataFrame:
+    """Metric rows x run columns, plus a delta-to-baseline column per non-baseline run."""
+    base = _metrics(baseline)
+    table: dict[str, dict[str, float]] = {}
+    for run in runs:
+        values = _metrics(run)
+        table[run.id] = values
+        if run is not baseline:
+            table[f"Δ {run.id}"] = {k: v - base[k] for k, v in values.items() if k in base}
+    return pd.DataFrame(table)
+
+
+def _tradeoff(runs: list[data.Run]) -> None:
+    rows = []
+    for run in runs:
+        method, strength = data.intervention_strength(run.manifest.get("intervention"))
+        metrics = run.metrics or {}
+        if isinstance(metrics.get("CHAIR_i"), int | float) and isinstance(metrics.get("recall"), int | float):
+            point = {"run": run.id, "method": method, "strength": strength}
+            rows.append({**point, "CHAIR_i": metrics["CHAIR_i"], "recall": metrics["recall"]})
+    baselines = [r for r in rows if r["method"] == "none"]
+    if len(baselines) == 1:  # start every method's line at the one run without intervention (strength 0)
+        rows += [{**baselines[0], "method": m} for m in sorted({r["method"] for r in rows} - {"none"})]
+    if rows:
+        st.altair_chart(charts.tradeoff_scatter(rows), width="stretch")
+        st.caption(
+            "One point per run; the runs of one intervention method are joined in order of strength, starting "
+            "from the run without intervention when exactly one is picked."
+        )
+
+
+def render(scan: data.Scan) -> None:
+    jobs = sorted({run.job for run in scan.runs if run.metrics})
+    if not jobs:
+        st.info("No run has metrics yet (metrics.json is written when a run finishes scoring).")
+        return
+    job = st.radio("benchmark", jobs, horizontal=True, key="compare-job")
+    candidates = [run for run in scan.with_job(job) if run.metrics]
+    ids = [run.id for run in candidates]
+    chosen_ids = st.multiselect("runs", ids, default=ids[:4], key=f"compare-runs-{job}")
+    chosen = [candidates[ids.index(run_id)] for run_id in chosen_ids]  # in the order picked
+    if not chosen:
+        st.info("Pick at least one run.")
+        return
+    default = next((i for i, run in enumerate(chosen) if run.intervention == "none"), 0)
+    pick = st.selectbox(
+        "baseline", chosen_ids, index=default, format_func=lambda i: scan.by_id(i).label, key=f"base-{job}"
+    )
+    baseline = scan.by_id(pick)
+    keys = ["CHAIR_s", "CHAIR_i", "recall", "f1"] if job == "chair" else ["mean accuracy", "mean f1", "mean yes_ratio"]
+    _cards(chosen, baseline, keys)
+    st.subheader("All metrics")
+    st.dataframe(_table(chosen, baseline).style.format("{:.3f}", na_rep=""))
+    rows = [
+        {"metric": k, "run": run.id, "value": v}
+        for run in chosen
+        for k, v in _metrics(run).items()
+        if k in _BARS or k.endswith((" f1", " accuracy"))
+    ]
+    st.altair_chart(charts.grouped_bars(rows, x="metric", value="value", colour="run", title="Metrics"))
+    if job == "chair":
+        _tradeoff(chosen)
+
+
+ui.page("Compare", render)
