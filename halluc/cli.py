@@ -51,9 +51,9 @@ CapsOpt = Annotated[Path | None, typer.Option("--captions", help="COCO captions 
 RunsDirOpt = Annotated[Path, typer.Option("--runs", help="Directory holding run directories.")]
 
 
-def _not_built(job: str, issue: str) -> None:
-    console.print(f"[yellow]halluc {job}[/]: not built yet ({issue}); nothing was run.")
-    raise typer.Exit(code=3)
+def _print_table(table: Table) -> None:
+    """Print a results table at least 120 columns wide, so it stays readable when piped (rich then assumes 80)."""
+    console.print(table, width=max(console.width, 120))
 
 
 def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
@@ -214,7 +214,7 @@ def demo(
             *(f"{100 * f[f'pope_{s}_acc']:.1f}" for s in ("random", "popular", "adversarial")),
             f"{100 * f['pope_f1']:.1f}",
         )
-    console.print(table)
+    _print_table(table)
     console.print(f"runs written under [bold]{out}[/]; browse them with: halluc dashboard --runs {out}")
 
 
@@ -327,7 +327,7 @@ def crosscheck(
     for row in sorted(result["systems"], key=lambda r: r["rank_explicit"]):
         cells = [row["explicit"], row["implicit"], row["CHAIR_i"]]
         table.add_row(str(row["rank_explicit"]), row["system"], *("-" if v is None else f"{v:.3f}" for v in cells))
-    console.print(table)
+    _print_table(table)
     for name in result["unscored"]:
         console.print(f"[yellow]{name}[/]: no sentence of its descriptions names an object; not ranked")
     for name, value in result["correlations"].items():
@@ -415,7 +415,7 @@ def sentinel_generate(
             str(row["step"] + 1), str(row["images"]), str(row["sentences_with_objects"]), str(row["hallucinated"]),
             "-" if rate is None else f"{100 * rate:.1f}%", str(row["pairs"]),
         )  # fmt: skip
-    console.print(table)
+    _print_table(table)
 
 
 @dpo_app.command("train")
@@ -525,7 +525,7 @@ def runs_list(runs: RunsDirOpt = Path("runs")) -> None:
             str(m.get("status", "")),
             headline,
         )
-    console.print(table)
+    _print_table(table)
 
 
 @runs_app.command("show")
