@@ -21,7 +21,7 @@ __all__ = [
     "mark_objects",
     "page",
     "pick_run",
-    "show_missing",
+    "pick_run_with",
     "show_problems",
 ]
 
@@ -61,12 +61,16 @@ def show_problems(problems: Sequence[str], *, what: str = "Some files could not 
         st.warning(f"{what}:\n{listed}{more}")
 
 
-def show_missing(what: str, file: str, command: str) -> None:
-    """Explain that no run holds ``file`` yet, which command will produce it, and where its format is described."""
+def pick_run_with(scan: data.Scan, file: str, *, what: str, command: str) -> data.Run | None:
+    """The picked run among those holding ``file``; with none, explain which command writes it and return None."""
+    runs = scan.with_file(file)
+    if runs:
+        return pick_run(runs)
     st.info(
         f"No run in this directory has `{file}` yet, so there is no {what} to show. "
         f"It is written by `{command}`; the expected format is described in app/README.md."
     )
+    return None
 
 
 def pick_run(runs: Sequence[data.Run], *, label: str = "Run", key: str = "run") -> data.Run:

@@ -16,13 +16,14 @@ import torch
 
 from benchmarks import chair, pope
 from benchmarks.runner import GenerationSettings, Request, RunSummary, run_generation
+from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import InputDataError
 from halluc.imagesets import ImageSet
 from halluc.runs import RunStore, config_hash
 
 __all__ = ["CHAIR_PROMPT", "JobResult", "model_fingerprint", "run_chair", "run_pope"]
 
-CHAIR_PROMPT = "Please describe this image in detail."
+CHAIR_PROMPT = DESCRIBE_PROMPT
 
 
 @dataclass(frozen=True)

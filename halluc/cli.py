@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from halluc.defaults import DESCRIBE_PROMPT, default_model
 from halluc.errors import HallucError
 
 __all__ = ["app", "main"]
@@ -48,6 +49,7 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only t
 IdsOpt = Annotated[Path | None, typer.Option("--image-ids", help="File of image ids to use, one per line.")]
 AnnOpt = Annotated[Path | None, typer.Option("--annotations", help="COCO instances JSON of the images.")]
 CapsOpt = Annotated[Path | None, typer.Option("--captions", help="COCO captions JSON (CHAIR ground truth).")]
+PromptOpt = Annotated[str, typer.Option("--prompt", help="Instruction given with each image.")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs", help="Directory holding run directories.")]
 
 
@@ -57,7 +59,6 @@ def _print_table(table: Table) -> None:
 
 
 def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
-    from halluc.defaults import default_model
     from halluc.models import load_lvlm
 
     return load_lvlm(model or default_model(), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -89,7 +90,7 @@ def chair(
     gt_file: Annotated[Path | None, typer.Option("--gt-file", help="Precomputed {image_id: [objects]} JSON.")] = None,
     image_ids: IdsOpt = None,
     limit: LimitOpt = None,
-    prompt: Annotated[str, typer.Option("--prompt")] = "Please describe this image in detail.",
+    prompt: PromptOpt = DESCRIBE_PROMPT,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 512,
     corrected: Annotated[bool, typer.Option("--corrected", help="Fix the reference CHAIR quirks.")] = False,
     out: OutOpt = None,
@@ -225,7 +226,7 @@ def heads(
     annotations: AnnOpt = None,
     image_ids: IdsOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Number of images to average over.")] = 32,
-    prompt: Annotated[str, typer.Option("--prompt")] = "Please describe this image in detail.",
+    prompt: PromptOpt = DESCRIBE_PROMPT,
     out: OutOpt = None,
     batch_size: BatchOpt = 8,
     seed: SeedOpt = 0,
@@ -294,7 +295,7 @@ def crosscheck(
     weight_temperature: Annotated[
         float, typer.Option("--weight-temperature", min=0.001, help="T of softmax(-self-inconsistency / T).")
     ] = 0.1,
-    prompt: Annotated[str, typer.Option("--prompt")] = "Please describe this image in detail.",
+    prompt: PromptOpt = DESCRIBE_PROMPT,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
     out: OutOpt = None,
     batch_size: BatchOpt = 16,
@@ -354,7 +355,9 @@ def sentinel_generate(
         list[str] | None,
         typer.Option("--detector", help="Detector spec; give exactly two (default: toy-yolov8, toy-yolo11)."),
     ] = None,
-    question: Annotated[str, typer.Option("--question")] = "Please describe this image in detail.",
+    question: Annotated[
+        str, typer.Option("--question", help="The instruction whose answer is grown.")
+    ] = DESCRIBE_PROMPT,
     n_samples: Annotated[int, typer.Option("--n-samples", min=1, help="Samples per sentence.")] = 10,
     temperature: Annotated[float, typer.Option("--temperature", min=0.01)] = 0.7,
     max_sentence_tokens: Annotated[int, typer.Option("--max-sentence-tokens", min=1)] = 48,
@@ -440,7 +443,6 @@ def dpo_train(
     dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16 weights.")] = "float32",
 ) -> None:
     """LoRA context-aware DPO (only the next sentence scored, beta 0.1); saves the adapter and a merged model."""
-    from halluc.defaults import default_model
     from halluc.dpo import DpoSettings, load_pairs, train_dpo
 
     settings = DpoSettings(

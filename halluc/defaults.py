@@ -6,9 +6,11 @@ from pathlib import Path
 
 from halluc.errors import ModelLoadError
 
-__all__ = ["ASSETS", "default_model"]
+__all__ = ["ASSETS", "DESCRIBE_PROMPT", "default_model"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+# The detailed-description prompt of the CHAIR literature; the toy model is trained on it, every job defaults to it.
+DESCRIBE_PROMPT = "Please describe this image in detail."
 
 
 def default_model() -> Path:

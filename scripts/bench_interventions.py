@@ -25,12 +25,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from halluc.defaults import DESCRIBE_PROMPT
 from halluc.models import LVLM, PreparedBatch, load_lvlm
 from interventions import PAI, VHR, Intervention, TokenEmphasis, select_heads, select_tokens
 from interventions.modality import pai_layers
 from interventions.vhr import vhr_layers
 
-PROMPT = "Please describe this image in detail."
 METHODS: dict[str, Intervention | None] = {
     "vanilla": None,
     "vhr": VHR(),
@@ -148,7 +148,7 @@ def run_baseline(lvlm: LVLM, method: str, images: list[Image.Image], new_tokens:
         replies = []
         for image in images:
             LAST_ROW_EDITS.clear()
-            replies.append(BASELINES[method](lvlm, lvlm.prepare([image], [PROMPT]), new_tokens)[0].tolist())
+            replies.append(BASELINES[method](lvlm, lvlm.prepare([image], [DESCRIBE_PROMPT]), new_tokens)[0].tolist())
         return replies
     finally:
         LAST_ROW_EDITS.clear()
@@ -174,7 +174,7 @@ def fastest(runs: dict[str, Callable[[], object]], repeats: int, clock: Callable
 
 def ours(lvlm: LVLM, config: Intervention | None, images: list[Image.Image], new_tokens: int) -> list[list[int]]:
     """halluc: one batched ``generate_ids`` call with the intervention."""
-    batch = lvlm.prepare(images, [PROMPT] * len(images))
+    batch = lvlm.prepare(images, [DESCRIBE_PROMPT] * len(images))
     out = lvlm.generate_ids(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, intervention=config)
     return out.tolist()
 

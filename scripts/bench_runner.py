@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.runner import GenerationSettings, Request, run_generation
-from halluc.defaults import default_model
+from halluc.defaults import DESCRIBE_PROMPT, default_model
 from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
 from halluc.runs import RunStore
-
-PROMPT = "Please describe this image in detail."
 
 
 def timed_pass(lvlm, requests: list[Request], batch_size: int, new_tokens: int, root: Path) -> tuple[float, int]:
@@ -45,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lvlm = load_lvlm(args.model or default_model())
     image_set = resolve_images("toy:val", limit=args.images)
-    requests = [Request(str(i), str(image_set.path(i)), PROMPT, {"image_id": i}) for i in image_set.image_ids]
+    requests = [Request(str(i), str(image_set.path(i)), DESCRIBE_PROMPT, {"image_id": i}) for i in image_set.image_ids]
     with tempfile.TemporaryDirectory() as tmp:
         timed_pass(lvlm, requests[:2], 2, 4, Path(tmp) / "warmup")
         results = {bs: timed_pass(lvlm, requests, bs, args.new_tokens, Path(tmp)) for bs in (1, 16)}

@@ -37,9 +37,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from halluc.defaults import DESCRIBE_PROMPT
 from halluc.world import build_split, image_dir
 
-DESCRIBE = "Please describe this image in detail."
 QUESTION = "Is there a{n} {obj} in the image?"
 SHORT_ANSWER = " Answer the question using a single word or phrase."
 IMAGE_TOKEN = "<image>"
@@ -172,7 +172,7 @@ def make_examples(
     examples = []
     for idx, img in enumerate(images):
         present = objects[img["id"]]
-        examples.append(Example(idx, DESCRIBE, rng.choice(captions[img["id"]])))
+        examples.append(Example(idx, DESCRIBE_PROMPT, rng.choice(captions[img["id"]])))
         absent = [c for c in vocabulary if c not in present]
         for _ in range(args.questions_per_image):
             positive = rng.random() < 0.5
@@ -293,7 +293,7 @@ def train(args: argparse.Namespace) -> None:
         build_split("train", args.n_train, work, seed=args.seed)
     images, objects, captions, vocabulary = load_world(work, "train")
     all_captions = json.loads((work / "captions_train.json").read_text())["annotations"]
-    corpus = [a["caption"] for a in all_captions] + [DESCRIBE, SHORT_ANSWER, "Yes", "No"]
+    corpus = [a["caption"] for a in all_captions] + [DESCRIBE_PROMPT, SHORT_ANSWER, "Yes", "No"]
     corpus += [QUESTION.format(n=article(o), obj=o) for o in vocabulary]
     tokenizer = build_tokenizer(corpus, args.vocab_size)
     processor = build_processor(tokenizer, args.image_size, args.patch_size)

@@ -30,11 +30,11 @@ def _sentences(result: artifacts.CrossCheck) -> None:
 
 
 def render(scan: data.Scan) -> None:
-    runs = scan.with_file(artifacts.CROSSCHECK)
-    if not runs:
-        ui.show_missing("CrossCheck ranking", artifacts.CROSSCHECK, "halluc crosscheck --out <runs dir>/<name>")
+    run = ui.pick_run_with(
+        scan, artifacts.CROSSCHECK, what="CrossCheck ranking", command="halluc crosscheck --out <runs dir>/<name>"
+    )
+    if run is None:
         return
-    run = ui.pick_run(runs)
     result = artifacts.crosscheck(run)
     order = "lower is better" if result.lower_is_better else "higher is better"
     st.subheader("System ranking")

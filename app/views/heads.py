@@ -11,11 +11,9 @@ __all__: list[str] = []
 
 
 def render(scan: data.Scan) -> None:
-    runs = scan.with_file(artifacts.HEADS)
-    if not runs:
-        ui.show_missing("head analysis", artifacts.HEADS, "halluc heads --out <runs dir>/<name>")
+    run = ui.pick_run_with(scan, artifacts.HEADS, what="head analysis", command="halluc heads --out <runs dir>/<name>")
+    if run is None:
         return
-    run = ui.pick_run(runs)
     matrices = artifacts.heads(run)
     first = next(iter(matrices.values()))  # all matrices share one shape (checked by the reader)
     n_layers, n_heads = len(first), len(first[0])

@@ -34,11 +34,11 @@ def _pair(run: data.Run, root, pair: artifacts.Pair) -> None:
 
 
 def render(scan: data.Scan) -> None:
-    runs = scan.with_file(artifacts.PAIRS)
-    if not runs:
-        ui.show_missing("preference pairs", artifacts.PAIRS, "halluc sentinel --out <runs dir>/<name>")
+    run = ui.pick_run_with(
+        scan, artifacts.PAIRS, what="preference pairs", command="halluc sentinel --out <runs dir>/<name>"
+    )
+    if run is None:
         return
-    run = ui.pick_run(runs)
     pairs, problems = artifacts.pairs(run)
     ui.show_problems(problems, what="Some pairs could not be read")
     if not pairs:

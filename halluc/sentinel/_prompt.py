@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
+from halluc.defaults import DESCRIBE_PROMPT
+
 __all__ = ["DEFAULT_QUESTION", "continuation", "render_prompt"]
 
-DEFAULT_QUESTION = "Please describe this image in detail."
+DEFAULT_QUESTION = DESCRIBE_PROMPT
 
 
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
