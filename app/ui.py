@@ -61,16 +61,21 @@ def show_problems(problems: Sequence[str], *, what: str = "Some files could not 
         st.warning(f"{what}:\n{listed}{more}")
 
 
-def pick_run_with(scan: data.Scan, file: str, *, what: str, command: str) -> data.Run | None:
-    """The picked run among those holding ``file``; with none, explain which command writes it and return None."""
-    runs = scan.with_file(file)
+def pick_run_or_explain(runs: Sequence[data.Run], explanation: str) -> data.Run | None:
+    """The picked run of ``runs``; with none, show ``explanation`` (what would produce one) and return None."""
     if runs:
         return pick_run(runs)
-    st.info(
-        f"No run in this directory has `{file}` yet, so there is no {what} to show. "
-        f"It is written by `{command}`; the expected format is described in app/README.md."
-    )
+    st.info(explanation)
     return None
+
+
+def pick_run_with(scan: data.Scan, file: str, *, what: str, command: str) -> data.Run | None:
+    """The picked run among those holding ``file``; with none, explain which command writes it and return None."""
+    return pick_run_or_explain(
+        scan.with_file(file),
+        f"No run in this directory has `{file}` yet, so there is no {what} to show. "
+        f"It is written by `{command}`; the expected format is described in app/README.md.",
+    )
 
 
 def pick_run(runs: Sequence[data.Run], *, label: str = "Run", key: str = "run") -> data.Run:

@@ -217,6 +217,20 @@ def test_pages_of_unbuilt_jobs_explain_what_is_missing(name: str, file: str, run
     assert f"`{file}`" in _texts(at.info) and "app/README.md" in _texts(at.info)
 
 
+@pytest.mark.parametrize(
+    ("name", "removed", "command"),
+    [("pope", ("pope-baseline",), "halluc pope"), ("samples", ("chair-baseline", "chair-vhr-2"), "halluc chair")],
+)
+def test_pages_without_a_run_of_their_job_name_the_command(
+    name: str, removed: tuple[str, ...], command: str, runs_copy: Path
+) -> None:
+    for run in removed:
+        shutil.rmtree(runs_copy / run)
+    at = _page(name)
+    assert not at.error
+    assert f"`{command}`" in _texts(at.info)
+
+
 def test_running_run_shows_progress_and_unscored_samples(runs_copy: Path) -> None:
     run = runs_copy / "chair-baseline"
     manifest = json.loads((run / "manifest.json").read_text())

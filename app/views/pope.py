@@ -61,11 +61,11 @@ def _answers(run: data.Run, scored: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def render(scan: data.Scan) -> None:
-    runs = scan.with_job("pope")
-    if not runs:
-        st.info("No POPE run yet: run `halluc pope` to answer POPE's yes/no object questions.")
+    run = ui.pick_run_or_explain(
+        scan.with_job("pope"), "No POPE run yet: run `halluc pope` to answer POPE's yes/no object questions."
+    )
+    if run is None:
         return
-    run = ui.pick_run(runs)
     metrics = run.metrics
     if not metrics:
         st.info(f"{run.id} is not scored yet (metrics.json is written when the run finishes).")

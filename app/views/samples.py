@@ -116,10 +116,9 @@ def _objects(detail: dict[str, Any] | None) -> None:
 
 def render(scan: data.Scan) -> None:
     runs = scan.with_job("chair")
-    if not runs:
-        st.info("No CHAIR run yet: the Samples page shows the captions of `halluc chair` runs.")
+    run = ui.pick_run_or_explain(runs, "No CHAIR run yet: the Samples page shows the captions of `halluc chair` runs.")
+    if run is None:
         return
-    run = ui.pick_run(runs)
     records, problems = data.samples(run)
     ui.show_problems(problems, what="Some sample records could not be read")
     if not records:
