@@ -3,11 +3,15 @@
 CLIP-style vision tower (with CLS token) + Llama-style language model (4 layers, 8 heads), trained from scratch
 for detailed description and yes/no object questions. Saved with ``save_pretrained`` (model, byte-level BPE
 tokenizer, CLIP image processor, chat template) so ``load_lvlm`` and ``AutoModelForImageTextToText`` load it as
-they load llava-hf checkpoints. Deterministic: fixed seeds, a fixed number of steps, one thread count.
+they load llava-hf checkpoints. Deterministic: fixed seeds, a fixed number of steps, fixed process and thread
+counts. Data-parallel over ``--processes`` gloo processes (DistributedDataParallel), one thread each: these small
+matrix products scale poorly over threads, and two single-thread processes took 0.48 s per language-model step
+where one process with two threads took 0.52 s (measured on 2 cores).
 
 Stages: (0) the vision tower learns multi-label recognition on its CLS and patch tokens (what a pretrained CLIP
 brings to LLaVA); (1) with the tower frozen, projector + language model learn descriptions and yes/no questions
-from length-bucketed batches (half descriptions, half questions). fp32: CPU bf16 autocast is ~7x slower here.
+from length-bucketed batches (by default 1.5 questions per description, in POPE's exact prompt format: with
+fewer, or another format, the answers stayed at chance). fp32: CPU bf16 autocast is ~7x slower here.
 
     python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~20 min on 2 CPU cores
 """
@@ -18,14 +22,17 @@ import argparse
 import json
 import math
 import random
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import (
     CLIPImageProcessor,
@@ -37,11 +44,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from benchmarks.pope import DEFAULT_SUFFIX, pope_prompt
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.world import build_split, image_dir
 
 QUESTION = "Is there a{n} {obj} in the image?"
-SHORT_ANSWER = " Answer the question using a single word or phrase."
 IMAGE_TOKEN = "<image>"
 # LLaVA-1.5 style conversation: "USER: <image>\n{prompt} ASSISTANT: {answer}</s>"
 CHAT_TEMPLATE = (
@@ -56,6 +63,19 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything the training processes share: the train images (preprocessed once), their objects, captions and
+    recognition targets."""
+
+    images: list[dict]
+    objects: dict[int, list[str]]
+    captions: dict[int, list[str]]
+    vocabulary: list[str]
+    pixels: torch.Tensor
+    targets: tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,15 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def tokenizer_corpus(caption_records: list[dict], vocabulary: list[str], n_images: int) -> list[str]:
+    """Every caption plus the chat-template prompts about as often as training sees them, so BPE merges them too:
+    the POPE suffix alone goes from 29 byte-level tokens to a few, and every training step gets shorter."""
+    describe = [f"USER: \n{DESCRIBE_PROMPT} ASSISTANT: Yes</s>"] * n_images
+    questions = [f"USER: \n{pope_prompt(QUESTION.format(n=article(o), obj=o))} ASSISTANT: No</s>" for o in vocabulary]
+    per_object = max(1, n_images // len(vocabulary))
+    return [record["caption"] for record in caption_records] + describe + questions * per_object
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
@@ -174,13 +203,13 @@ def make_examples(
         present = objects[img["id"]]
         examples.append(Example(idx, DESCRIBE_PROMPT, rng.choice(captions[img["id"]])))
         absent = [c for c in vocabulary if c not in present]
-        for _ in range(args.questions_per_image):
+        n_questions = int(args.questions_per_image) + (rng.random() < args.questions_per_image % 1)
+        for _ in range(n_questions):
             positive = rng.random() < 0.5
             obj = rng.choice(present if positive else absent)
-            suffix = SHORT_ANSWER if rng.random() < 0.5 else ""
-            examples.append(
-                Example(idx, QUESTION.format(n=article(obj), obj=obj) + suffix, "Yes" if positive else "No")
-            )
+            suffix = DEFAULT_SUFFIX if rng.random() < 0.5 else ""  # POPE's exact prompt half of the time
+            prompt = pope_prompt(QUESTION.format(n=article(obj), obj=obj), suffix)
+            examples.append(Example(idx, prompt, "Yes" if positive else "No"))
     rng.shuffle(examples)
     return length_bucketed(examples, args.batch_size, rng)
 
@@ -261,51 +290,50 @@ def vision_targets(root: Path, split: str, images: list[dict], grid: int) -> tup
     return image_level, patch_level
 
 
-def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, targets, args) -> None:
+class RecognitionHeads(torch.nn.Module):
+    """The vision tower with linear multi-label heads on its CLS token and on every patch token (stage 0 only)."""
+
+    def __init__(self, tower: torch.nn.Module, n_classes: int):
+        super().__init__()
+        dim = tower.config.hidden_size
+        self.tower, self.cls, self.patch = tower, torch.nn.Linear(dim, n_classes), torch.nn.Linear(dim, n_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.tower(pixel_values=pixel_values).last_hidden_state
+        return self.cls(hidden[:, 0]), self.patch(hidden[:, 1:])
+
+
+def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, targets, args, rank: int) -> None:
     """Stage 0, like the pretrained CLIP every LLaVA starts from: multi-label object recognition on the CLS token
     and on every patch token, so patch features carry what lies where before the language model sees them."""
     tower = model.model.vision_tower
-    dim, n_classes = tower.config.hidden_size, targets[0].shape[1]
-    heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(dim, n_classes), "patch": torch.nn.Linear(dim, n_classes)})
-    params = [*tower.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    tower.post_layernorm.requires_grad_(False)  # LLaVA reads hidden states, never the pooled output
+    recognizer = DistributedDataParallel(RecognitionHeads(tower, targets[0].shape[1]))
+    optimizer = torch.optim.AdamW(
+        [p for p in recognizer.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01
+    )
     generator = torch.Generator().manual_seed(args.seed)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    bar = tqdm(range(args.vision_steps), desc="vision pretraining")
-    for _ in bar:
-        idx = torch.randint(0, len(pixels), (128,), generator=generator)
+    bar = tqdm(range(args.vision_steps), desc="vision pretraining", disable=rank != 0)
+    for _ in bar:  # every rank draws the same global batch and takes its share of it
+        idx = torch.randint(0, len(pixels), (128,), generator=generator)[rank :: args.processes]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            hidden = tower(pixel_values=pixels[idx]).last_hidden_state
-            loss = loss_fn(heads["cls"](hidden[:, 0]).float(), targets[0][idx])
-            loss = loss + loss_fn(heads["patch"](hidden[:, 1:]).float(), targets[1][idx])
+            cls_logits, patch_logits = recognizer(pixels[idx])
+            loss = loss_fn(cls_logits.float(), targets[0][idx]) + loss_fn(patch_logits.float(), targets[1][idx])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
 
-def train(args: argparse.Namespace) -> None:
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    torch.set_num_threads(args.threads)
-    work = Path(args.world or tempfile.mkdtemp(prefix="halluc-world-"))
-    if not (work / "instances_train.json").exists():
-        build_split("train", args.n_train, work, seed=args.seed)
-    images, objects, captions, vocabulary = load_world(work, "train")
-    all_captions = json.loads((work / "captions_train.json").read_text())["annotations"]
-    corpus = [a["caption"] for a in all_captions] + [DESCRIBE_PROMPT, SHORT_ANSWER, "Yes", "No"]
-    corpus += [QUESTION.format(n=article(o), obj=o) for o in vocabulary]
-    tokenizer = build_tokenizer(corpus, args.vocab_size)
-    processor = build_processor(tokenizer, args.image_size, args.patch_size)
-    model = build_model(tokenizer, args)
-    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(tokenizer)}")
-    pixels = pixel_tensor(processor, work, images)
-    targets = vision_targets(work, "train", images, args.image_size // args.patch_size)
-    pretrain_vision(model, pixels, targets, args)
+def finetune(model: LlavaForConditionalGeneration, processor: LlavaProcessor, data: TrainingData, args, rank: int):
+    """Stage 1: projector + language model learn descriptions and yes/no questions; returns the last loss."""
+    tokenizer = processor.tokenizer
     encoder = Encoder(processor, Image.new("RGB", (args.image_size, args.image_size)))
     if not args.train_vision:  # as LLaVA-1.5: the pretrained vision tower stays fixed, projector + LM learn
         model.model.vision_tower.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    parallel = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, args.steps // 50)
 
@@ -316,18 +344,18 @@ def train(args: argparse.Namespace) -> None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
-    epoch, queue, started = 0, [], time.monotonic()
-    bar = tqdm(range(args.steps), desc="training")
+    epoch, queue = 0, []
+    bar = tqdm(range(args.steps), desc="training", disable=rank != 0)
     for step in bar:
         if len(queue) < args.batch_size:
             args_epoch = argparse.Namespace(**{**vars(args), "seed": args.seed + epoch})
-            queue += make_examples(images, objects, captions, vocabulary, args_epoch)
+            queue += make_examples(data.images, data.objects, data.captions, data.vocabulary, args_epoch)
             epoch += 1
-        batch, queue = queue[: args.batch_size], queue[args.batch_size :]
+        batch, queue = queue[: args.batch_size][rank :: args.processes], queue[args.batch_size :]
         inputs = collate([encoder.encode(ex) for ex in batch], tokenizer.pad_token_id)
-        inputs["pixel_values"] = pixels[[ex.image_index for ex in batch]]
+        inputs["pixel_values"] = data.pixels[[ex.image_index for ex in batch]]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(**inputs).loss
+            loss = parallel(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -335,18 +363,66 @@ def train(args: argparse.Namespace) -> None:
         optimizer.zero_grad(set_to_none=True)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-    minutes = (time.monotonic() - started) / 60
     model.eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    (out / "TRAINING.json").write_text(
-        json.dumps(
-            {"args": recorded_args(args), "train_minutes": round(minutes, 2), "final_loss": loss.item()}, indent=2
-        )
+    return loss.item()
+
+
+def run_rank(rank: int, args: argparse.Namespace, processor: LlavaProcessor, data: TrainingData, port: int) -> None:
+    """One data-parallel process: both stages on its share of every batch; rank 0 saves the model."""
+    torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.processes)
+    torch.manual_seed(args.seed)  # every rank builds the same initial weights
+    model = build_model(processor.tokenizer, args)
+    if rank == 0:
+        print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(processor.tokenizer)}")
+    started = time.monotonic()
+    pretrain_vision(model, data.pixels, data.targets, args, rank)
+    vision_minutes = (time.monotonic() - started) / 60
+    final_loss = finetune(model, processor, data, args, rank)
+    minutes = (time.monotonic() - started) / 60 - vision_minutes
+    if rank == 0:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
+        record = {
+            "args": recorded_args(args),
+            "vision_minutes": round(vision_minutes, 2),
+            "train_minutes": round(minutes, 2),
+            "final_loss": final_loss,
+        }
+        (out / "TRAINING.json").write_text(json.dumps(record, indent=2))
+        print(f"saved to {out} after {vision_minutes:.1f} + {minutes:.1f} min, final loss {final_loss:.3f}")
+    dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace) -> None:
+    """Build (or reuse) the train world, tokenizer, processor and preprocessed images, then train in parallel."""
+    random.seed(args.seed)
+    torch.set_num_threads(args.threads * args.processes)
+    work = Path(args.world or tempfile.mkdtemp(prefix="halluc-world-"))
+    if not (work / "instances_train.json").exists():
+        build_split("train", args.n_train, work, seed=args.seed)
+    images, objects, captions, vocabulary = load_world(work, "train")
+    all_captions = json.loads((work / "captions_train.json").read_text())["annotations"]
+    processor = build_processor(
+        build_tokenizer(tokenizer_corpus(all_captions, vocabulary, len(images)), args.vocab_size),
+        args.image_size,
+        args.patch_size,
     )
-    print(f"saved to {out} after {minutes:.1f} min, final loss {loss.item():.3f}")
+    pixels = pixel_tensor(processor, work, images).share_memory_()
+    data = TrainingData(
+        images,
+        objects,
+        captions,
+        vocabulary,
+        pixels,
+        vision_targets(work, "train", images, args.image_size // args.patch_size),
+    )
+    with socket.socket() as probe:  # a free local port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(run_rank, args=(args, processor, data, port), nprocs=args.processes)
 
 
 def recorded_args(args: argparse.Namespace) -> dict[str, object]:
@@ -354,15 +430,15 @@ def recorded_args(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if k not in ("out", "world")}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="halluc/assets/toy-llava")
     p.add_argument("--world", default=None, help="directory holding (or receiving) the built train split")
     p.add_argument("--n-train", type=int, default=16000)
-    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--questions-per-image", type=int, default=1, help="yes/no questions per description")
+    p.add_argument("--questions-per-image", type=float, default=1.5, help="yes/no questions per description (mean)")
     p.add_argument("--vision-steps", type=int, default=1500, help="stage-0 multi-label pretraining of the vision tower")
     p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 1")
     p.add_argument("--image-size", type=int, default=64)
@@ -372,11 +448,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab-size", type=int, default=600)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vocab-size", type=int, default=640)
+    p.add_argument("--processes", type=int, default=2, help="data-parallel processes (gloo); one per core")
+    p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (7x slower on CPUs without native bf16)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 if __name__ == "__main__":
