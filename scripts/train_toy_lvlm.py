@@ -10,8 +10,9 @@ where one process with two threads took 0.52 s (measured on 2 cores).
 
 Stages: (0) the vision tower learns multi-label recognition on its CLS and patch tokens (what a pretrained CLIP
 brings to LLaVA); (1) with the tower frozen, projector + language model learn descriptions and yes/no questions
-from length-bucketed batches (by default 1.5 questions per description, in POPE's exact prompt format: with
-fewer, or another format, the answers stayed at chance). fp32: CPU bf16 autocast is ~7x slower here.
+(in POPE's exact prompt format) from length-bucketed batches, one question per description; (2) a short
+question-heavy phase at a lower learning rate, so the yes/no answers are learned in every run, not only in some.
+fp32: CPU bf16 autocast is ~7x slower here.
 
     python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~20 min on 2 CPU cores
 """
@@ -19,12 +20,14 @@ fewer, or another format, the answers stayed at chance). fp32: CPU bf16 autocast
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +82,17 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One language-model training phase: how long, how fast, and how many yes/no questions per description."""
+
+    name: str
+    steps: int
+    lr: float
+    questions_per_image: int
+    cosine: bool  # warm up then decay to zero; else hold ``lr`` after the warm-up
+
+
+@dataclass(frozen=True)
 class Example:
     image_index: int
     prompt: str
@@ -112,13 +126,12 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
-def tokenizer_corpus(caption_records: list[dict], vocabulary: list[str], n_images: int) -> list[str]:
-    """Every caption plus the chat-template prompts about as often as training sees them, so BPE merges them too:
-    the POPE suffix alone goes from 29 byte-level tokens to a few, and every training step gets shorter."""
-    describe = [f"USER: \n{DESCRIBE_PROMPT} ASSISTANT: Yes</s>"] * n_images
-    questions = [f"USER: \n{pope_prompt(QUESTION.format(n=article(o), obj=o))} ASSISTANT: No</s>" for o in vocabulary]
-    per_object = max(1, n_images // len(vocabulary))
-    return [record["caption"] for record in caption_records] + describe + questions * per_object
+def tokenizer_corpus(caption_records: list[dict], vocabulary: list[str]) -> list[str]:
+    """Every caption, plus each prompt and answer once: the merges come from the captions, and the prompts and
+    answers are spelled with them."""
+    questions = [QUESTION.format(n=article(o), obj=o) for o in vocabulary]
+    captions = [record["caption"] for record in caption_records]
+    return [*captions, DESCRIBE_PROMPT, DEFAULT_SUFFIX, "Yes", "No", *questions]
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
@@ -189,29 +202,26 @@ def load_world(root: Path, split: str) -> tuple[list[dict], dict[int, list[str]]
     return inst["images"], objects, captions, sorted(names.values())
 
 
-def make_examples(
-    images: list[dict], objects: dict, captions: dict, vocabulary: list[str], args: argparse.Namespace
-) -> list[Example]:
+def make_examples(data: TrainingData, questions_per_image: int, batch_size: int, seed: int) -> list[Example]:
     """One epoch of examples per image: its detailed description and yes/no questions.
 
     Questions are balanced yes/no with negatives drawn uniformly from absent categories, as in generic instruction
     data: co-occurring absent objects are rarely asked about, so the language prior is never unlearned.
     """
-    rng = random.Random(args.seed)
+    rng = random.Random(seed)
     examples = []
-    for idx, img in enumerate(images):
-        present = objects[img["id"]]
-        examples.append(Example(idx, DESCRIBE_PROMPT, rng.choice(captions[img["id"]])))
-        absent = [c for c in vocabulary if c not in present]
-        n_questions = int(args.questions_per_image) + (rng.random() < args.questions_per_image % 1)
-        for _ in range(n_questions):
+    for idx, img in enumerate(data.images):
+        present = data.objects[img["id"]]
+        examples.append(Example(idx, DESCRIBE_PROMPT, rng.choice(data.captions[img["id"]])))
+        absent = [c for c in data.vocabulary if c not in present]
+        for _ in range(questions_per_image):
             positive = rng.random() < 0.5
             obj = rng.choice(present if positive else absent)
             suffix = DEFAULT_SUFFIX if rng.random() < 0.5 else ""  # POPE's exact prompt half of the time
             prompt = pope_prompt(QUESTION.format(n=article(obj), obj=obj), suffix)
             examples.append(Example(idx, prompt, "Yes" if positive else "No"))
     rng.shuffle(examples)
-    return length_bucketed(examples, args.batch_size, rng)
+    return length_bucketed(examples, batch_size, rng)
 
 
 def length_bucketed(examples: list[Example], batch_size: int, rng: random.Random) -> list[Example]:
@@ -326,45 +336,75 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
 
-def finetune(model: LlavaForConditionalGeneration, processor: LlavaProcessor, data: TrainingData, args, rank: int):
-    """Stage 1: projector + language model learn descriptions and yes/no questions; returns the last loss."""
+def phases(args: argparse.Namespace) -> list[Phase]:
+    """Stage 1, then stage 2: a short question-heavy phase at a lower, constant learning rate.
+
+    Stage 2 exists because with half the examples being questions, the yes/no answers ended at chance (always
+    "Yes" or always "No") in four of five full runs while descriptions were learned; 300 steps at three questions
+    per description took a trained model's POPE accuracy from 50% to 89% (measured on val)."""
+    return [
+        Phase("stage 1", args.steps, args.lr, args.questions_per_image, cosine=True),
+        Phase("stage 2", args.answer_steps, args.answer_lr, args.answer_questions_per_image, cosine=False),
+    ]
+
+
+def batches(data: TrainingData, phase: Phase, index: int, args: argparse.Namespace, rank: int):
+    """This rank's share of every global batch of ``phase``, epoch after epoch (each epoch freshly drawn)."""
+    for epoch in itertools.count():
+        seed = args.seed + 1000 * index + epoch
+        examples = make_examples(data, phase.questions_per_image, args.batch_size, seed)
+        for start in range(0, len(examples) - args.batch_size + 1, args.batch_size):
+            yield examples[start : start + args.batch_size][rank :: args.processes]
+
+
+def schedule(phase: Phase) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warm-up over 2% of the steps, then cosine to zero or constant."""
+    warmup = max(1, phase.steps // 50)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not phase.cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, phase.steps - warmup)))
+
+    return multiplier
+
+
+def finetune(
+    model: LlavaForConditionalGeneration, processor: LlavaProcessor, data: TrainingData, args, rank: int
+) -> dict[str, float]:
+    """Stages 1 and 2: projector + language model learn descriptions and yes/no questions; returns each phase's
+    last loss."""
     tokenizer = processor.tokenizer
     encoder = Encoder(processor, Image.new("RGB", (args.image_size, args.image_size)))
     if not args.train_vision:  # as LLaVA-1.5: the pretrained vision tower stays fixed, projector + LM learn
         model.model.vision_tower.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     parallel = DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, args.steps // 50)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
-    epoch, queue = 0, []
-    bar = tqdm(range(args.steps), desc="training", disable=rank != 0)
-    for step in bar:
-        if len(queue) < args.batch_size:
-            args_epoch = argparse.Namespace(**{**vars(args), "seed": args.seed + epoch})
-            queue += make_examples(data.images, data.objects, data.captions, data.vocabulary, args_epoch)
-            epoch += 1
-        batch, queue = queue[: args.batch_size][rank :: args.processes], queue[args.batch_size :]
-        inputs = collate([encoder.encode(ex) for ex in batch], tokenizer.pad_token_id)
-        inputs["pixel_values"] = data.pixels[[ex.image_index for ex in batch]]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = parallel(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+    losses = {}
+    for index, phase in enumerate(phases(args)):
+        optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(phase))
+        stream = batches(data, phase, index, args, rank)
+        bar = tqdm(range(phase.steps), desc=phase.name, disable=rank != 0)
+        for step in bar:
+            batch = next(stream)
+            inputs = collate([encoder.encode(ex) for ex in batch], tokenizer.pad_token_id)
+            inputs["pixel_values"] = data.pixels[[ex.image_index for ex in batch]]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss = parallel(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses[phase.name] = loss.item()
     model.eval()
-    return loss.item()
+    return losses
 
 
 def run_rank(rank: int, args: argparse.Namespace, processor: LlavaProcessor, data: TrainingData, port: int) -> None:
@@ -378,7 +418,7 @@ def run_rank(rank: int, args: argparse.Namespace, processor: LlavaProcessor, dat
     started = time.monotonic()
     pretrain_vision(model, data.pixels, data.targets, args, rank)
     vision_minutes = (time.monotonic() - started) / 60
-    final_loss = finetune(model, processor, data, args, rank)
+    final_losses = finetune(model, processor, data, args, rank)
     minutes = (time.monotonic() - started) / 60 - vision_minutes
     if rank == 0:
         out = Path(args.out)
@@ -389,10 +429,10 @@ def run_rank(rank: int, args: argparse.Namespace, processor: LlavaProcessor, dat
             "args": recorded_args(args),
             "vision_minutes": round(vision_minutes, 2),
             "train_minutes": round(minutes, 2),
-            "final_loss": final_loss,
+            "final_losses": final_losses,
         }
         (out / "TRAINING.json").write_text(json.dumps(record, indent=2))
-        print(f"saved to {out} after {vision_minutes:.1f} + {minutes:.1f} min, final loss {final_loss:.3f}")
+        print(f"saved to {out} after {vision_minutes:.1f} + {minutes:.1f} min, final losses {final_losses}")
     dist.destroy_process_group()
 
 
@@ -406,7 +446,7 @@ def train(args: argparse.Namespace) -> None:
     images, objects, captions, vocabulary = load_world(work, "train")
     all_captions = json.loads((work / "captions_train.json").read_text())["annotations"]
     processor = build_processor(
-        build_tokenizer(tokenizer_corpus(all_captions, vocabulary, len(images)), args.vocab_size),
+        build_tokenizer(tokenizer_corpus(all_captions, vocabulary), args.vocab_size),
         args.image_size,
         args.patch_size,
     )
@@ -435,10 +475,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="halluc/assets/toy-llava")
     p.add_argument("--world", default=None, help="directory holding (or receiving) the built train split")
     p.add_argument("--n-train", type=int, default=16000)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000, help="stage-1 steps")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--questions-per-image", type=float, default=1.5, help="yes/no questions per description (mean)")
+    p.add_argument("--questions-per-image", type=int, default=1, help="stage-1 yes/no questions per description")
+    p.add_argument("--answer-steps", type=int, default=300, help="stage-2 (question-heavy) steps")
+    p.add_argument("--answer-lr", type=float, default=5e-4, help="stage-2 learning rate (constant after warm-up)")
+    p.add_argument("--answer-questions-per-image", type=int, default=3, help="stage-2 questions per description")
     p.add_argument("--vision-steps", type=int, default=1500, help="stage-0 multi-label pretraining of the vision tower")
     p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 1")
     p.add_argument("--image-size", type=int, default=64)
@@ -448,7 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab-size", type=int, default=640)
+    p.add_argument("--vocab-size", type=int, default=600)
     p.add_argument("--processes", type=int, default=2, help="data-parallel processes (gloo); one per core")
     p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (7x slower on CPUs without native bf16)")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from benchmarks.pope import pope_prompt
@@ -28,10 +29,15 @@ def script():
         sys.path.remove(str(ROOT / "scripts"))
 
 
+def one_image_data(script):
+    """Training data for one image holding a cat, with no pixels (only the text side is exercised)."""
+    empty = torch.empty(0)
+    return script.TrainingData([{"id": 1}], {1: ["cat"]}, {1: ["A cat."]}, ["cat", "dog", "tv"], empty, (empty, empty))
+
+
 def test_questions_use_the_pope_prompt(script) -> None:
     """The model must be trained on the prompt POPE sends (question, newline, suffix), or it answers off-format."""
-    args = script.parse_args(["--questions-per-image", "8"])
-    examples = script.make_examples([{"id": 1}], {1: ["cat"]}, {1: ["A cat."]}, ["cat", "dog", "tv"], args)
+    examples = script.make_examples(one_image_data(script), questions_per_image=8, batch_size=4, seed=0)
     questions = [ex for ex in examples if ex.prompt != DESCRIBE_PROMPT]
     assert len(questions) == 8 and {ex.answer for ex in questions} <= {"Yes", "No"}
     suffixed = [ex.prompt for ex in questions if "\n" in ex.prompt]
@@ -56,11 +62,11 @@ def test_two_process_training_saves_a_loadable_llava(script, tmp_path: Path) -> 
     assert processor.tokenizer.chat_template == script.CHAT_TEMPLATE
 
 
-def test_tokenizer_merges_the_prompts(script) -> None:
-    """Prompts are in the BPE corpus as often as training sees them, so they cost a few tokens, not bytes."""
-    records = [{"caption": "A cat sits on a couch next to a tv."}] * 50
-    plain = script.build_tokenizer([record["caption"] for record in records], 400)
-    tuned = script.build_tokenizer(script.tokenizer_corpus(records, ["cat", "couch", "tv"], 50), 400)
-    prompt = pope_prompt("Is there a cat in the image?")
-    assert len(tuned(prompt)["input_ids"]) * 2 < len(plain(prompt)["input_ids"])
-    assert len(tuned(DESCRIBE_PROMPT)["input_ids"]) * 2 < len(plain(DESCRIBE_PROMPT)["input_ids"])
+def test_stage_two_is_question_heavy_and_both_stages_run(script) -> None:
+    """Stage 2 exists to get the yes/no answers learned: more questions per description, a lower learning rate."""
+    first, second = script.phases(script.parse_args([]))
+    assert second.questions_per_image > first.questions_per_image and second.lr < first.lr
+    args = script.parse_args(["--batch-size", "4", "--processes", "1"])
+    stream = script.batches(one_image_data(script), second, 1, args, rank=0)
+    batch = next(stream)
+    assert len(batch) == 4 and sum(ex.prompt != DESCRIBE_PROMPT for ex in batch) == 3
