@@ -1,7 +1,8 @@
 """A comparison suite: several interventions x image sets, CHAIR and POPE each, one run directory per cell.
 
 Used by ``halluc demo`` (baseline + every intervention on the embedded world) and by the measurement scripts.
-Cells already finished in ``root`` are reused, so an interrupted suite resumes where it stopped.
+Cells already finished in ``root`` by the same model weights are reused, so an interrupted suite resumes where it
+stopped; a finished cell of other weights is an error, never silently reported as this model's result.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.jobs import run_chair, run_pope
+from benchmarks.jobs import model_fingerprint, run_chair, run_pope
 from benchmarks.runner import GenerationSettings
 from halluc.imagesets import resolve_images
-from halluc.runs import RunStore
+from halluc.runs import OutputLocationError, RunStore
 
 __all__ = ["SuiteRow", "finished_metrics", "run_suite"]
 
@@ -41,12 +42,22 @@ class SuiteRow:
         }
 
 
-def finished_metrics(path: Path) -> dict[str, Any] | None:
-    """The metrics of a finished run in ``path``, or None when it is missing or unfinished (so it is (re)run)."""
+def finished_metrics(path: Path, lvlm: Any) -> dict[str, Any] | None:
+    """The metrics of a run in ``path`` that ``lvlm`` finished, or None when it is missing or unfinished (so it is
+    (re)run); raises when the finished run was made by another model or other weights."""
     if not (path / "metrics.json").exists():
         return None
     store = RunStore.open(path)
-    return store.metrics() if store.manifest.get("status") == "finished" else None
+    if store.manifest.get("status") != "finished":
+        return None
+    expected = model_fingerprint(lvlm)
+    recorded = {key: store.manifest.get(key) for key in expected}
+    if recorded != expected:
+        raise OutputLocationError(
+            f"{str(path)!r} holds a finished run of {recorded['model']!r} (weights {recorded['weights_sha256']}), "
+            f"not of {expected['model']!r} (weights {expected['weights_sha256']}); choose another --out or delete it"
+        )
+    return store.metrics()
 
 
 def run_suite(
@@ -73,7 +84,7 @@ def run_suite(
             cell = root / f"{name}__{spec.replace(':', '-')}"
             chair_dir, pope_dir = cell / "chair", cell / "pope"
             chair_metrics = (
-                finished_metrics(chair_dir)
+                finished_metrics(chair_dir, lvlm)
                 or run_chair(
                     lvlm,
                     chair_set,
@@ -86,7 +97,7 @@ def run_suite(
                 ).metrics
             )
             pope_metrics = (
-                finished_metrics(pope_dir)
+                finished_metrics(pope_dir, lvlm)
                 or run_pope(
                     lvlm,
                     pope_set,

@@ -109,7 +109,7 @@ def main() -> None:
         name = label(config)
         run_dir = args.out / "sweep" / "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
         metrics = (
-            finished_metrics(run_dir)
+            finished_metrics(run_dir, lvlm)
             or run_chair(
                 lvlm, sweep_set, run_dir, settings=settings, intervention=config, seed=args.seeds[0], resume=True
             ).metrics

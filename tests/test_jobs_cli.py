@@ -15,6 +15,8 @@ from tiny_models import build_tiny
 
 from benchmarks.jobs import run_chair, run_pope
 from benchmarks.runner import GenerationSettings
+from benchmarks.suite import finished_metrics
+from halluc.errors import OutputLocationError
 from halluc.imagesets import resolve_images
 from halluc.world import build_split
 
@@ -62,6 +64,20 @@ def test_chair_and_pope_jobs_write_complete_runs(world: Path, tmp_path: Path) ->
     questions = json.loads((tmp_path / "pope" / "pope_questions.json").read_text())
     assert len(questions) == 72
     assert len(pope.store.samples()) == len({(q["image"], q["text"]) for q in questions}) <= 48
+
+
+def test_a_finished_run_is_reused_only_for_the_weights_that_made_it(world: Path, tmp_path: Path) -> None:
+    """A suite cell finished by other weights (a retrained model in the same --out) must not pass for this one."""
+    lvlm = build_tiny("llava")
+    images = resolve_images(str(world / "images" / "val"), instances=world / "instances_val.json", limit=2)
+    settings = GenerationSettings(max_new_tokens=4, batch_size=2)
+    chair = run_chair(lvlm, images, tmp_path / "chair", settings=settings, progress=False)
+    assert finished_metrics(tmp_path / "chair", lvlm) == chair.metrics
+    manifest_path = tmp_path / "chair" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "weights_sha256": "0123456789abcdef"}))
+    with pytest.raises(OutputLocationError, match="0123456789abcdef.*choose another --out"):
+        finished_metrics(tmp_path / "chair", lvlm)
 
 
 def test_cli_errors_are_one_clear_line(world: Path, tmp_path: Path, tiny_dir: Path) -> None:
