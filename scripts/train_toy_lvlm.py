@@ -14,7 +14,7 @@ brings to LLaVA); (1) with the tower frozen, projector + language model learn de
 question-heavy phase at a lower learning rate, so the yes/no answers are learned in every run, not only in some.
 fp32: CPU bf16 autocast is ~7x slower here.
 
-    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~20 min on 2 CPU cores
+    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~21 min on 2 CPU cores
 """
 
 from __future__ import annotations
