@@ -14,7 +14,7 @@ brings to LLaVA); (1) with the tower frozen, projector + language model learn de
 question-heavy phase at a lower learning rate, so the yes/no answers are learned in every run, not only in some.
 fp32: CPU bf16 autocast is ~7x slower here.
 
-    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~21 min on 2 CPU cores
+    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~22 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ class Phase:
     steps: int
     lr: float
     questions_per_image: int
-    cosine: bool  # warm up then decay to zero; else hold ``lr`` after the warm-up
 
 
 @dataclass(frozen=True)
@@ -337,14 +336,15 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
 
 
 def phases(args: argparse.Namespace) -> list[Phase]:
-    """Stage 1, then stage 2: a short question-heavy phase at a lower, constant learning rate.
+    """Stage 1, then stage 2: a short question-heavy phase at a lower learning rate.
 
     Stage 2 exists because with half the examples being questions, the yes/no answers ended at chance (always
     "Yes" or always "No") in four of five full runs while descriptions were learned; 300 steps at three questions
-    per description took a trained model's POPE accuracy from 50% to 89% (measured on val)."""
+    per description (a probe on v5, the stage-1 model, with 4,000 images) took its val POPE accuracy from 50% to 81%
+    and its val recall from 70.8 to 73.1."""
     return [
-        Phase("stage 1", args.steps, args.lr, args.questions_per_image, cosine=True),
-        Phase("stage 2", args.answer_steps, args.answer_lr, args.answer_questions_per_image, cosine=False),
+        Phase("stage 1", args.steps, args.lr, args.questions_per_image),
+        Phase("stage 2", args.answer_steps, args.answer_lr, args.answer_questions_per_image),
     ]
 
 
@@ -358,14 +358,12 @@ def batches(data: TrainingData, phase: Phase, index: int, args: argparse.Namespa
 
 
 def schedule(phase: Phase) -> Callable[[int], float]:
-    """Learning-rate multiplier per step: linear warm-up over 2% of the steps, then cosine to zero or constant."""
+    """Learning-rate multiplier per step: linear warm-up over 2% of the steps, then cosine decay to zero."""
     warmup = max(1, phase.steps // 50)
 
     def multiplier(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if not phase.cosine:
-            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, phase.steps - warmup)))
 
     return multiplier
@@ -480,7 +478,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--questions-per-image", type=int, default=1, help="stage-1 yes/no questions per description")
     p.add_argument("--answer-steps", type=int, default=300, help="stage-2 (question-heavy) steps")
-    p.add_argument("--answer-lr", type=float, default=5e-4, help="stage-2 learning rate (constant after warm-up)")
+    p.add_argument("--answer-lr", type=float, default=5e-4, help="stage-2 peak learning rate")
     p.add_argument("--answer-questions-per-image", type=int, default=3, help="stage-2 questions per description")
     p.add_argument("--vision-steps", type=int, default=1500, help="stage-0 multi-label pretraining of the vision tower")
     p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 1")
