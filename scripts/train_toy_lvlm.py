@@ -338,10 +338,10 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
 def phases(args: argparse.Namespace) -> list[Phase]:
     """Stage 1, then stage 2: a short question-heavy phase at a lower learning rate.
 
-    Stage 2 exists because with half the examples being questions, the yes/no answers ended at chance (always
-    "Yes" or always "No") in four of five full runs while descriptions were learned; 300 steps at three questions
-    per description (a probe on v5, the stage-1 model, with 4,000 images) took its val POPE accuracy from 50% to 81%
-    and its val recall from 70.8 to 73.1."""
+    Stage 2 exists because with half the examples being questions, the yes/no answers ended at chance in four of
+    five full runs (v3-v6; v4 and v5 always answered "No" and "Yes") while descriptions were learned; 300 steps at
+    three questions per description (a probe on v5, the stage-1 model, with 4,000 images) took its val POPE
+    accuracy from 50% to 81% and its val recall from 70.8 to 73.1."""
     return [
         Phase("stage 1", args.steps, args.lr, args.questions_per_image),
         Phase("stage 2", args.answer_steps, args.answer_lr, args.answer_questions_per_image),
