@@ -64,6 +64,18 @@ def test_two_process_training_saves_a_loadable_llava(script, tmp_path: Path) -> 
     assert processor.tokenizer.chat_template == script.CHAT_TEMPLATE
 
 
+def test_a_phase_of_zero_steps_is_skipped(script, tmp_path: Path) -> None:
+    """``--steps 0`` (stage 2 only) must train and record stage 2 alone, not crash on a loss it never computed."""
+    out = tmp_path / "model"
+    args = script.parse_args(
+        ["--out", str(out), "--world", str(tmp_path / "world"), "--n-train", "24", "--vision-steps", "1"]
+        + ["--steps", "0", "--answer-steps", "1", "--batch-size", "4", "--dim", "64", "--vision-dim", "32"]
+        + ["--vocab-size", "300", "--processes", "1"]
+    )
+    script.train(args)
+    assert set(json.loads((out / "TRAINING.json").read_text())["final_losses"]) == {"stage 2"}
+
+
 def test_stage_two_is_question_heavy(script) -> None:
     """Stage 2 exists to get the yes/no answers learned: more questions per description, a lower learning rate."""
     first, second = script.phases(script.parse_args([]))
