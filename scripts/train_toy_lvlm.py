@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -49,9 +50,12 @@ from transformers import (
 from benchmarks.pope import DEFAULT_SUFFIX, pope_prompt
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.world import build_split, image_dir
+from halluc.world.captions import describe
+from halluc.world.layout import sample_layout
 
 QUESTION = "Is there a{n} {obj} in the image?"
 IMAGE_TOKEN = "<image>"
+TEXT_STREAM = 5  # seed stream of the text corpus (the world's splits use 1-4)
 # LLaVA-1.5 style conversation: "USER: <image>\n{prompt} ASSISTANT: {answer}</s>"
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -69,31 +73,43 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Everything the training processes share: the train images (preprocessed once), their objects, captions and
-    recognition targets."""
+    """Everything the training processes share: the prior-heavy train images (preprocessed once) with their objects
+    and captions, the prior-free images the vision tower learns on with their recognition targets, and the
+    text-only description corpus the language model is pretrained on."""
 
     images: list[dict]
     objects: dict[int, list[str]]
-    captions: dict[int, list[str]]
+    captions: dict[int, list[str]]  # five per image, the detailed one first
     vocabulary: list[str]
     pixels: torch.Tensor
-    targets: tuple[torch.Tensor, torch.Tensor]
+    vision_pixels: torch.Tensor
+    vision_targets: tuple[torch.Tensor, torch.Tensor]
+    texts: list[str]
 
 
 @dataclass(frozen=True)
 class Phase:
-    """One language-model training phase: how long, how fast, and how many yes/no questions per description."""
+    """One language-side training phase: which parts learn, for how long and how fast, and on what mix of data.
+
+    ``trains`` is ``"language model"`` (text-only pretraining), ``"projector"`` (LLaVA's alignment stage) or
+    ``"projector + language model"`` (LLaVA's instruction tuning). ``text_share`` is the fraction of examples that
+    are text-only descriptions (no image), which keeps the pretrained prior alive during tuning.
+    """
 
     name: str
     steps: int
     lr: float
-    questions_per_image: int
+    trains: str
+    questions_per_image: int = 0
+    text_share: float = 0.0
 
 
 @dataclass(frozen=True)
 class Example:
-    image_index: int
-    prompt: str
+    """One training sequence: ``image_index`` None means no image; ``prompt`` None means plain text (pretraining)."""
+
+    image_index: int | None
+    prompt: str | None
     answer: str
 
 
@@ -185,7 +201,8 @@ def build_model(tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) ->
 
 
 def load_world(root: Path, split: str) -> tuple[list[dict], dict[int, list[str]], dict[int, list[str]], list[str]]:
-    """Images, their object names and captions, and the category names of a built split."""
+    """Images, their object names and five captions (the detailed one, which names every visible object, first),
+    and the category names of a built split."""
     inst = json.loads((root / f"instances_{split}.json").read_text())
     caps = json.loads((root / f"captions_{split}.json").read_text())
     names = {c["id"]: c["name"] for c in inst["categories"]}
@@ -194,30 +211,60 @@ def load_world(root: Path, split: str) -> tuple[list[dict], dict[int, list[str]]
         if names[ann["category_id"]] not in objects[ann["image_id"]]:
             objects[ann["image_id"]].append(names[ann["category_id"]])
     captions: dict[int, list[str]] = {img["id"]: [] for img in inst["images"]}
-    for ann in caps["annotations"]:  # the world marks one caption per image that names every visible object
+    for ann in caps["annotations"]:
         if ann.get("detailed"):
+            captions[ann["image_id"]].insert(0, ann["caption"])
+        else:
             captions[ann["image_id"]].append(ann["caption"])
     return inst["images"], objects, captions, sorted(names.values())
 
 
-def make_examples(data: TrainingData, questions_per_image: int, batch_size: int, seed: int) -> list[Example]:
-    """One epoch of examples per image: its detailed description and yes/no questions.
+def text_corpus(n: int, seed: int, image_size: int) -> list[str]:
+    """``n`` detailed descriptions of train-distribution layouts, written without rendering (text is cheap).
 
-    Questions are balanced yes/no with negatives drawn uniformly from absent categories, as in generic instruction
-    data: co-occurring absent objects are rarely asked about, so the language prior is never unlearned.
+    Each comes from a fresh layout of the train split's sampler (scene priors and typical pairs included), on a
+    seed stream no built image uses, so the corpus holds many times more scenes than the images. Unrendered objects
+    count as fully visible, so these descriptions never say an object is partly hidden.
+    """
+    texts = []
+    for index in tqdm(range(n), desc="text corpus", disable=None):
+        scene, layout = sample_layout("train", image_size, np.random.default_rng([seed, TEXT_STREAM, index, 0]))
+        captions = describe(scene, layout, image_size, np.random.default_rng([seed, TEXT_STREAM, index, 2]))
+        texts.append(next(text for text, detailed in captions if detailed))
+    return texts
+
+
+def make_examples(data: TrainingData, phase: Phase, batch_size: int, seed: int) -> list[Example]:
+    """One epoch of ``phase``'s examples, length-bucketed.
+
+    Text pretraining: every corpus description as plain text. Alignment: one caption per image, any of its five
+    (mostly brief, as LLaVA's alignment captions). Tuning: each image's detailed description and
+    ``questions_per_image`` yes/no questions, plus text-only descriptions (the describe prompt, no image) making up
+    ``text_share`` of the examples. Questions are balanced yes/no with negatives drawn uniformly from absent
+    categories, as in generic instruction data: co-occurring absent objects are rarely asked about, so the language
+    prior is never unlearned.
     """
     rng = random.Random(seed)
+    if phase.trains == "language model":
+        examples = [Example(None, None, text) for text in data.texts]
+        rng.shuffle(examples)
+        return length_bucketed(examples, batch_size, rng)
     examples = []
     for idx, img in enumerate(data.images):
         present = data.objects[img["id"]]
-        examples.append(Example(idx, DESCRIBE_PROMPT, rng.choice(data.captions[img["id"]])))
+        if phase.trains == "projector":
+            examples.append(Example(idx, DESCRIBE_PROMPT, rng.choice(data.captions[img["id"]])))
+            continue
+        examples.append(Example(idx, DESCRIBE_PROMPT, data.captions[img["id"]][0]))
         absent = [c for c in data.vocabulary if c not in present]
-        for _ in range(questions_per_image):
+        for _ in range(phase.questions_per_image):
             positive = rng.random() < 0.5
             obj = rng.choice(present if positive else absent)
             suffix = DEFAULT_SUFFIX if rng.random() < 0.5 else ""  # POPE's exact prompt half of the time
             prompt = pope_prompt(QUESTION.format(n=article(obj), obj=obj), suffix)
             examples.append(Example(idx, prompt, "Yes" if positive else "No"))
+    n_text = round(len(examples) * phase.text_share / (1 - phase.text_share))
+    examples += [Example(None, DESCRIBE_PROMPT, text) for text in rng.sample(data.texts, min(n_text, len(data.texts)))]
     rng.shuffle(examples)
     return length_bucketed(examples, batch_size, rng)
 
@@ -231,30 +278,35 @@ def length_bucketed(examples: list[Example], batch_size: int, rng: random.Random
     window = 16 * batch_size
     batches = []
     for start in range(0, len(examples), window):
-        chunk = sorted(examples[start : start + window], key=lambda ex: len(ex.prompt) + len(ex.answer))
+        chunk = sorted(examples[start : start + window], key=lambda ex: len(ex.prompt or "") + len(ex.answer))
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return [ex for batch in batches for ex in batch]
 
 
 class Encoder:
-    """Turns examples into token ids: the chat prompt (image tokens expanded by the processor) + the answer."""
+    """Turns examples into token ids: the chat prompt (image tokens expanded by the processor, or none for a
+    text-only example) + the answer; plain text is BOS + text."""
 
     def __init__(self, processor: LlavaProcessor, probe_image: Image.Image):
         self.processor, self.probe, self.cache = processor, probe_image, {}
         self.tok = processor.tokenizer
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        if prompt not in self.cache:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    def prompt_ids(self, prompt: str, with_image: bool) -> list[int]:
+        if (prompt, with_image) not in self.cache:
+            content = [{"type": "image"}] if with_image else []
+            messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
             text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-            enc = self.processor(images=[self.probe], text=[text], return_tensors="pt")
-            self.cache[prompt] = enc["input_ids"][0].tolist()
-        return self.cache[prompt]
+            enc = self.processor(images=[self.probe] if with_image else None, text=[text], return_tensors="pt")
+            self.cache[prompt, with_image] = enc["input_ids"][0].tolist()
+        return self.cache[prompt, with_image]
 
     def encode(self, ex: Example) -> tuple[list[int], list[int]]:
-        prompt = self.prompt_ids(ex.prompt)
+        # the answer is spelled as it follows "ASSISTANT:", with a leading space, in every kind of example
         answer = self.tok(" " + ex.answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+        if ex.prompt is None:
+            return [self.tok.bos_token_id, *answer], [-100, *answer]
+        prompt = self.prompt_ids(ex.prompt, ex.image_index is not None)
         return prompt + answer, [-100] * len(prompt) + answer
 
 
@@ -270,11 +322,11 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
-def pixel_tensor(processor: LlavaProcessor, root: Path, images: list[dict]) -> torch.Tensor:
-    """All training images, preprocessed once (N, 3, H, W)."""
-    folder = image_dir(root, "train")
+def pixel_tensor(processor: LlavaProcessor, root: Path, split: str, images: list[dict]) -> torch.Tensor:
+    """All images of a built split, preprocessed once (N, 3, H, W)."""
+    folder = image_dir(root, split)
     chunks = []
-    for start in tqdm(range(0, len(images), 512), desc="preprocessing images"):
+    for start in tqdm(range(0, len(images), 512), desc=f"preprocessing {split} images"):
         batch = [Image.open(folder / img["file_name"]).convert("RGB") for img in images[start : start + 512]]
         chunks.append(processor.image_processor(batch, return_tensors="pt")["pixel_values"])
     return torch.cat(chunks)
@@ -313,12 +365,16 @@ class RecognitionHeads(torch.nn.Module):
 
 def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, targets, args, rank: int) -> None:
     """Stage 0, like the pretrained CLIP every LLaVA starts from: multi-label object recognition on the CLS token
-    and on every patch token, so patch features carry what lies where before the language model sees them."""
+    and on every patch token, so patch features carry what lies where before the language model sees them.
+
+    ``pixels`` are prior-free images (objects drawn independently of the scene): a tower trained on the
+    prior-heavy train images learns the scene prior itself (on v10 it false-alarmed on 24% of absent in-scene
+    objects on shift), leaving the language model nothing to override."""
     tower = model.model.vision_tower
     tower.post_layernorm.requires_grad_(False)  # LLaVA reads hidden states, never the pooled output
     recognizer = DistributedDataParallel(RecognitionHeads(tower, targets[0].shape[1]))
     optimizer = torch.optim.AdamW(
-        [p for p in recognizer.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01
+        [p for p in recognizer.parameters() if p.requires_grad], lr=args.vision_lr, weight_decay=0.01
     )
     generator = torch.Generator().manual_seed(args.seed)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -335,26 +391,45 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
 
 
 def phases(args: argparse.Namespace) -> list[Phase]:
-    """Stage 1 (descriptions), then stage 2 (question-heavy, lower learning rate).
+    """The language side of LLaVA's recipe, after a text-only pretraining of the language model.
 
-    Questions mixed into description training stayed at chance in four of five full runs (v3-v6), and every
-    stage-1 step spent on them is one fewer description step: with the same 300 stage-2 steps, a description-only
-    stage 1 of 1,200 steps (v9) reached val recall 72.0 and v8's 2,000 half-question steps 70.0. From that model
-    the grounded answers come late: val POPE accuracy was 50% after 300 stage-2 steps, 75% after 600 and 86% after
-    800 (probes on v9's stage-1 weights with the script's own stage-2 seeds)."""
+    (1) Text pretraining: the language model alone on the description corpus, where it learns the scene priors as
+    a pretrained LLM brings them. (2) Alignment: only the projector learns, on captions, so image features land in
+    the pretrained model's input space (LLaVA-1.5's stage 1). (3) Tuning: projector + language model at a lower
+    learning rate on detailed descriptions and yes/no questions, with text-only descriptions mixed in so the prior
+    is kept (LLaVA-1.5 mixes text-only conversations into its instruction data)."""
     return [
-        Phase("stage 1", args.steps, args.lr, args.questions_per_image),
-        Phase("stage 2", args.answer_steps, args.answer_lr, args.answer_questions_per_image),
+        Phase("text pretraining", args.text_steps, args.text_lr, "language model"),
+        Phase("alignment", args.align_steps, args.align_lr, "projector"),
+        Phase(
+            "tuning",
+            args.tune_steps,
+            args.tune_lr,
+            "projector + language model",
+            questions_per_image=args.questions_per_image,
+            text_share=args.text_share,
+        ),
     ]
 
 
 def batches(data: TrainingData, phase: Phase, index: int, args: argparse.Namespace, rank: int):
     """This rank's share of every global batch of ``phase``, epoch after epoch (each epoch freshly drawn)."""
+    size = args.text_batch_size if phase.trains == "language model" else args.batch_size
     for epoch in itertools.count():
         seed = args.seed + 1000 * index + epoch
-        examples = make_examples(data, phase.questions_per_image, args.batch_size, seed)
-        for start in range(0, len(examples) - args.batch_size + 1, args.batch_size):
-            yield examples[start : start + args.batch_size][rank :: args.processes]
+        examples = make_examples(data, phase, size, seed)
+        for start in range(0, len(examples) - size + 1, size):
+            yield examples[start : start + size][rank :: args.processes]
+
+
+def trainable_parts(model: LlavaForConditionalGeneration, phase: Phase) -> list[torch.nn.Parameter]:
+    """Switch on the gradients of the parts ``phase`` trains (the vision tower stays frozen, as CLIP in LLaVA)."""
+    model.requires_grad_(False)
+    projector, language = model.model.multi_modal_projector, [model.model.language_model, model.lm_head]
+    parts = {"language model": language, "projector": [projector], "projector + language model": [projector, *language]}
+    for part in parts[phase.trains]:
+        part.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def schedule(phase: Phase) -> Callable[[int], float]:
@@ -369,20 +444,20 @@ def schedule(phase: Phase) -> Callable[[int], float]:
     return multiplier
 
 
-def finetune(
+def train_language_side(
     model: LlavaForConditionalGeneration, processor: LlavaProcessor, data: TrainingData, args, rank: int
 ) -> dict[str, float]:
-    """Stages 1 and 2: projector + language model learn descriptions and yes/no questions; returns the last loss of
-    each phase that ran (a phase of 0 steps, e.g. ``--answer-steps 0`` for a stage-1 checkpoint, is skipped)."""
+    """Text pretraining, alignment and tuning in turn; returns the last loss of each phase that ran (a phase of 0
+    steps, e.g. ``--tune-steps 0`` for a checkpoint before tuning, is skipped)."""
     tokenizer = processor.tokenizer
     encoder = Encoder(processor, Image.new("RGB", (args.image_size, args.image_size)))
-    if not args.train_vision:  # as LLaVA-1.5: the pretrained vision tower stays fixed, projector + LM learn
-        model.model.vision_tower.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    parallel = DistributedDataParallel(model)
     model.train()
     losses = {}
     for index, phase in enumerate(phases(args)):
+        if not phase.steps:
+            continue
+        trainable = trainable_parts(model, phase)
+        parallel = DistributedDataParallel(model)  # rebuilt per phase: DDP fixes its parameter set when built
         optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=0.01, betas=(0.9, 0.98))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(phase))
         stream = batches(data, phase, index, args, rank)
@@ -390,7 +465,9 @@ def finetune(
         for step in bar:
             batch = next(stream)
             inputs = collate([encoder.encode(ex) for ex in batch], tokenizer.pad_token_id)
-            inputs["pixel_values"] = data.pixels[[ex.image_index for ex in batch]]
+            with_image = [ex.image_index for ex in batch if ex.image_index is not None]
+            if with_image:  # LLaVA fills the image tokens in order, so rows without an image simply have none
+                inputs["pixel_values"] = data.pixels[with_image]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 loss = parallel(**inputs).loss
             loss.backward()
@@ -400,8 +477,8 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        if phase.steps:
-            losses[phase.name] = loss.item()
+        losses[phase.name] = loss.item()
+    model.requires_grad_(False)
     model.eval()
     return losses
 
@@ -415,9 +492,9 @@ def run_rank(rank: int, args: argparse.Namespace, processor: LlavaProcessor, dat
     if rank == 0:
         print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(processor.tokenizer)}")
     started = time.monotonic()
-    pretrain_vision(model, data.pixels, data.targets, args, rank)
+    pretrain_vision(model, data.vision_pixels, data.vision_targets, args, rank)
     vision_minutes = (time.monotonic() - started) / 60
-    final_losses = finetune(model, processor, data, args, rank)
+    final_losses = train_language_side(model, processor, data, args, rank)
     minutes = (time.monotonic() - started) / 60 - vision_minutes
     if rank == 0:
         out = Path(args.out)
@@ -436,27 +513,31 @@ def run_rank(rank: int, args: argparse.Namespace, processor: LlavaProcessor, dat
 
 
 def train(args: argparse.Namespace) -> None:
-    """Build (or reuse) the train world, tokenizer, processor and preprocessed images, then train in parallel."""
+    """Build (or reuse) the train and prior-free worlds, the text corpus, tokenizer, processor and preprocessed
+    images, then train in parallel."""
     random.seed(args.seed)
     torch.set_num_threads(args.threads * args.processes)
     work = Path(args.world or tempfile.mkdtemp(prefix="halluc-world-"))
-    if not (work / "instances_train.json").exists():
-        build_split("train", args.n_train, work, seed=args.seed)
+    for split in ("train", "prior_free"):
+        if not (work / f"instances_{split}.json").exists():
+            build_split(split, args.n_train, work, seed=args.seed)
     images, objects, captions, vocabulary = load_world(work, "train")
+    vision_images = load_world(work, "prior_free")[0]
     all_captions = json.loads((work / "captions_train.json").read_text())["annotations"]
     processor = build_processor(
         build_tokenizer(tokenizer_corpus(all_captions, vocabulary), args.vocab_size),
         args.image_size,
         args.patch_size,
     )
-    pixels = pixel_tensor(processor, work, images).share_memory_()
     data = TrainingData(
         images,
         objects,
         captions,
         vocabulary,
-        pixels,
-        vision_targets(work, "train", images, args.image_size // args.patch_size),
+        pixel_tensor(processor, work, "train", images).share_memory_(),
+        pixel_tensor(processor, work, "prior_free", vision_images).share_memory_(),
+        vision_targets(work, "prior_free", vision_images, args.image_size // args.patch_size),
+        text_corpus(args.text_steps * args.text_batch_size, args.seed, args.image_size),
     )
     with socket.socket() as probe:  # a free local port for the process group
         probe.bind(("127.0.0.1", 0))
@@ -473,22 +554,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="halluc/assets/toy-llava")
     p.add_argument("--world", default=None, help="directory holding (or receiving) the built train split")
-    p.add_argument("--n-train", type=int, default=16000)
-    p.add_argument("--steps", type=int, default=1200, help="stage-1 steps")
+    p.add_argument("--n-train", type=int, default=16000, help="images of the train and of the prior-free split")
+    p.add_argument("--vision-steps", type=int, default=3000, help="stage-0 recognition steps on prior-free images")
+    p.add_argument("--vision-lr", type=float, default=2e-3)
+    p.add_argument("--text-steps", type=int, default=600, help="text-only pretraining steps (one corpus pass)")
+    p.add_argument("--text-batch-size", type=int, default=64)
+    p.add_argument("--text-lr", type=float, default=2e-3)
+    p.add_argument("--align-steps", type=int, default=150, help="projector-only alignment steps")
+    p.add_argument("--align-lr", type=float, default=1e-3)
+    p.add_argument("--tune-steps", type=int, default=900, help="projector + language model tuning steps")
+    p.add_argument("--tune-lr", type=float, default=5e-4)
+    p.add_argument("--questions-per-image", type=int, default=2, help="tuning: yes/no questions per description")
+    p.add_argument("--text-share", type=float, default=0.2, help="tuning: share of text-only descriptions")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--questions-per-image", type=int, default=0, help="stage-1 yes/no questions per description")
-    p.add_argument("--answer-steps", type=int, default=800, help="stage-2 (question-heavy) steps")
-    p.add_argument("--answer-lr", type=float, default=5e-4, help="stage-2 peak learning rate")
-    p.add_argument("--answer-questions-per-image", type=int, default=3, help="stage-2 questions per description")
-    p.add_argument("--vision-steps", type=int, default=1500, help="stage-0 multi-label pretraining of the vision tower")
-    p.add_argument("--train-vision", action="store_true", help="also train the vision tower in stage 1")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--vision-dim", type=int, default=128)
     p.add_argument("--vision-layers", type=int, default=3)
-    p.add_argument("--dim", type=int, default=192)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--vocab-size", type=int, default=600)
     p.add_argument("--processes", type=int, default=2, help="data-parallel processes (gloo); one per core")

@@ -21,7 +21,7 @@ from halluc.world.layout import Placement, partner
 from halluc.world.render import render
 from halluc.world.shapes import SHAPES, polygon_area
 
-SIZES = {"train": 150, "val": 30, "shift": 80}
+SIZES = {"train": 150, "val": 30, "shift": 80, "prior_free": 150}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_shift_keeps_scene_but_drops_typical_companions(world: Path) -> None:
 
 def test_train_has_the_priors_that_shift_breaks(world: Path) -> None:
     rates = {}
-    for split in ("train", "shift"):
+    for split in ("train", "shift", "prior_free"):
         _, by_image, names = _objects(world, split)
         scene_of = {img["id"]: img["scene"] for img in _load(world, "instances", split)["images"]}
         pairs = hits = in_scene = total = 0
@@ -171,6 +171,8 @@ def test_train_has_the_priors_that_shift_breaks(world: Path) -> None:
         rates[split] = (in_scene / total, hits / pairs)
     assert rates["train"][0] > 0.8 and rates["train"][1] > 0.4
     assert rates["shift"][0] < 0.5 and rates["shift"][1] == 0.0
+    # prior-free: the scene says nothing about the objects (7 of 27 categories are a scene's own by chance)
+    assert 0.15 < rates["prior_free"][0] < 0.4 and rates["prior_free"][1] < 0.3
 
 
 def test_every_category_appears_in_train(world: Path) -> None:

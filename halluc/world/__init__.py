@@ -47,6 +47,9 @@ living room       mauve striped wallpaper, wooden       couch 3, tv 3, chair 2, 
   objects, pair partners included) is absent: 38% of objects are in-scene, and P(partner | object) drops to
   0.05-0.06 (a knife next to a fork only happens as two foreign objects in a non-kitchen scene). An image has
   2-6 objects.
+* ``prior_free`` (no co-occurrence at all): train's object counts, categories drawn uniformly from all 27
+  whatever the scene. The toy LVLM's vision tower is pretrained on it, apart from the captions' priors, as CLIP
+  is trained apart from the data an LVLM is tuned on.
 
 **Weak evidence.** Each object independently: low contrast with p = 0.15 (its colour blended toward the
 background with alpha 0.3-0.5). In images with >= 2 objects, with p = 0.3 one object is placed to cover 20-60% of
@@ -70,7 +73,7 @@ occluded objects are often left out, as human annotators do). Detailed captions 
 PNG images in ``<out>/images/<split>/``. Besides the standard COCO fields, images carry ``scene``; instance
 annotations carry ``visible`` (fraction of the glyph's pixels not hidden), ``contrast`` (1.0 or the blend
 alpha) and ``texture``; bbox, segmentation polygon and area describe the whole glyph. Image ids are
-``1,000,000 x (1 train | 2 val | 3 shift) + index + 1``; image ``i`` depends only on (seed, split, i,
+``1,000,000 x (1 train | 2 val | 3 shift | 4 prior_free) + index + 1``; image ``i`` depends only on (seed, split, i,
 image_size), so a build is byte-for-byte reproducible.
 """
 

@@ -80,9 +80,14 @@ def _outside(scene: str) -> list[str]:
 
 
 def sample_categories(split: str, scene: str, rng: np.random.Generator) -> list[str]:
-    """Distinct categories for one image: the scene's priors (train/val) or priors broken (shift)."""
+    """Distinct categories for one image: the scene's priors (train/val), priors broken (shift), or none at all
+    (prior_free: as many objects as train, drawn uniformly whatever the scene)."""
     weights = SCENES[scene].weights
     outside = _outside(scene)
+    if split == "prior_free":
+        n = 1 + int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P))
+        every = list(GLYPHS)
+        return [every[i] for i in rng.choice(len(every), size=n, replace=False)]
     if split == "shift":
         first = _weighted(rng, list(weights), list(weights.values()))
         cats = [first]
