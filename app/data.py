@@ -22,6 +22,7 @@ from halluc.runs import MANIFEST, METRICS, SAMPLES
 
 __all__ = [
     "ASSETS",
+    "CHAIR_HEADLINE",
     "CHAIR_KEYS",
     "HEADLINE",
     "POPE_KEYS",
@@ -45,9 +46,13 @@ __all__ = [
 
 RUNS_ENV = "HALLUC_RUNS_DIR"
 ASSETS = "assets"
-CHAIR_KEYS = ("CHAIR_s", "CHAIR_i", "recall", "precision", "f1", "avg_len")  # as benchmarks.chair writes them
+CHAIR_KEYS = (  # as benchmarks.chair writes them
+    "CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "precision", "f1", "avg_len", "mentions_per_caption",
+    "degenerate_share",
+)  # fmt: skip
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")  # per split, as benchmarks.pope writes them
-HEADLINE = ("CHAIR_s", "CHAIR_i", "recall", "f1", "POPE accuracy", "POPE f1", "POPE yes_ratio")
+CHAIR_HEADLINE = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "f1", "degenerate_share")
+HEADLINE = (*CHAIR_HEADLINE, "POPE accuracy", "POPE f1", "POPE yes_ratio")
 
 
 def runs_root() -> Path:
@@ -306,5 +311,5 @@ def headline(run: Run) -> dict[str, float]:
         mean = metrics.get("mean") if isinstance(metrics.get("mean"), dict) else {}
         picked = {f"POPE {k}": mean.get(k) for k in ("accuracy", "f1", "yes_ratio")}
     else:
-        picked = {k: metrics.get(k) for k in HEADLINE[:4]}
+        picked = {k: metrics.get(k) for k in CHAIR_HEADLINE}
     return {k: float(v) for k, v in picked.items() if isinstance(v, int | float)}

@@ -26,7 +26,8 @@ Run directory (``halluc crosscheck --out OUT``); every generation goes through t
     {"format": "halluc.crosscheck/1", "lower_is_better": true, "mode": "explicit",   # "score" is explicit
      "measure": "object-mention", "settings": {...},
      "systems": [{"system": "vhr:alpha=2", "score": .21, "explicit": .21, "implicit": .30, "rank_explicit": 1,
-                  "rank_implicit": 2, "CHAIR_i": .12 | null, "CHAIR_s": .4 | null, "n_sentences": 140,
+                  "rank_implicit": 2, "CHAIR_i": .12 | null, "CHAIR_s": .4 | null, "CHAIR_i_distinct": .1 | null,
+                  "degenerate_share": 0 | null, "n_sentences": 140,
                   "model": "path" | null, "intervention": {...} | null,
                   "target_run": "systems/01-vhr_alpha=2/target", "evidence_run": "systems/01-vhr_alpha=2/evidence"}],
      "unscored": [system, ...],
@@ -329,7 +330,7 @@ def run_crosscheck(
             **{kind: rankings[kind].scores[s.name] for kind in KINDS},
             **{f"rank_{kind}": rankings[kind].ranking.index(s.name) + 1 for kind in KINDS},
             "CHAIR_i": chair_i.get(s.name),
-            "CHAIR_s": (outputs[s.name].chair or {}).get("CHAIR_s"),
+            **{k: (outputs[s.name].chair or {}).get(k) for k in ("CHAIR_s", "CHAIR_i_distinct", "degenerate_share")},
             "n_sentences": sum(v is not None for v in rankings["explicit"].sentence_scores[s.name]),
             **s.describe(),
             "target_run": str(dirs[s.name] / "target"),

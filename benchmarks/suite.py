@@ -17,7 +17,12 @@ from benchmarks.runner import GenerationSettings
 from halluc.imagesets import resolve_images
 from halluc.runs import OutputLocationError, RunStore
 
-__all__ = ["SuiteRow", "finished_metrics", "run_suite"]
+__all__ = ["CHAIR_HEADLINE", "SuiteRow", "finished_metrics", "run_suite"]
+
+# The CHAIR metrics every comparison table shows: CHAIR_i always beside its repetition checks.
+CHAIR_HEADLINE = (
+    "CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "avg_len", "mentions_per_caption", "degenerate_share",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,21 +35,20 @@ class SuiteRow:
     pope: dict[str, Any]
 
     def flat(self) -> dict[str, Any]:
+        """One flat dict of the cell's headline CHAIR metrics (repetition checks included) and POPE accuracies."""
         return {
             "system": self.system,
             "images": self.images,
-            "CHAIR_s": self.chair["CHAIR_s"],
-            "CHAIR_i": self.chair["CHAIR_i"],
-            "recall": self.chair["recall"],
-            "avg_len": self.chair["avg_len"],
+            **{key: self.chair[key] for key in CHAIR_HEADLINE},
             **{f"pope_{split}_acc": self.pope[split]["accuracy"] for split in ("random", "popular", "adversarial")},
             "pope_f1": self.pope["mean"]["f1"],
         }
 
 
 def finished_metrics(path: Path, lvlm: Any) -> dict[str, Any] | None:
-    """The metrics of a run in ``path`` that ``lvlm`` finished, or None when it is missing or unfinished (so it is
-    (re)run); raises when the finished run was made by another model or other weights."""
+    """The metrics of a run in ``path`` that ``lvlm`` finished, or None when it is missing, unfinished or a CHAIR run
+    scored without the repetition checks (so it is (re)run); raises when the finished run was made by another model
+    or other weights."""
     if not (path / "metrics.json").exists():
         return None
     store = RunStore.open(path)
@@ -57,7 +61,10 @@ def finished_metrics(path: Path, lvlm: Any) -> dict[str, Any] | None:
             f"{str(path)!r} holds a finished run of {recorded['model']!r} (weights {recorded['weights_sha256']}), "
             f"not of {expected['model']!r} (weights {expected['weights_sha256']}); choose another --out or delete it"
         )
-    return store.metrics()
+    metrics = store.metrics()
+    if store.manifest.get("job") == "chair" and not set(CHAIR_HEADLINE) <= metrics.keys():
+        return None  # scored before the repetition checks existed: resuming rescores its stored captions
+    return metrics
 
 
 def run_suite(

@@ -54,8 +54,11 @@ RunsDirOpt = Annotated[Path, typer.Option("--runs", help="Directory holding run 
 
 
 def _print_table(table: Table) -> None:
-    """Print a results table at least 120 columns wide, so it stays readable when piped (rich then assumes 80)."""
-    console.print(table, width=max(console.width, 120))
+    """Print a results table at least 120 columns wide, so it stays readable when piped (rich then assumes 80).
+
+    A console of that width, since ``console.print(width=...)`` can only narrow the output below the console's width.
+    """
+    Console(width=max(console.width, 120)).print(table)
 
 
 def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
@@ -193,6 +196,7 @@ def demo(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Main job on the embedded default: baseline vs every intervention, CHAIR and POPE on toy val and shift."""
+    from benchmarks.chair import degenerate_setting
     from benchmarks.suite import run_suite
 
     lvlm = _load_model("", device, "auto", False)
@@ -205,17 +209,26 @@ def demo(
         pope_images=pope_images,
         batch_size=batch_size,
     )
-    table = Table("system", "images", "CHAIR_s", "CHAIR_i", "recall", "POPE rand", "POPE pop", "POPE adv", "POPE F1")
+    table = Table(
+        "system", "images", "CHs", "CHi", "CHi-d", "recall", "men/cap", "degen%",
+        "POPE\nrand", "POPE\npop", "POPE\nadv", "POPE\nF1",
+    )  # fmt: skip
     for row in rows:
         f = row.flat()
         table.add_row(
             f["system"],
             f["images"],
-            *(f"{100 * f[k]:.1f}" for k in ("CHAIR_s", "CHAIR_i", "recall")),
+            *(f"{100 * f[k]:.1f}" for k in ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall")),
+            f"{f['mentions_per_caption']:.1f}",
+            f"{100 * f['degenerate_share']:.0f}" + ("!" if degenerate_setting(f) else ""),
             *(f"{100 * f[f'pope_{s}_acc']:.1f}" for s in ("random", "popular", "adversarial")),
             f"{100 * f['pope_f1']:.1f}",
         )
     _print_table(table)
+    console.print(
+        "CHs/CHi: CHAIR_s/CHAIR_i (%); CHi-d: CHAIR_i counting each object once per caption; men/cap: object "
+        "mentions per caption; degen%: repetitive captions (rep-2 >= 0.4), ! from 5% on (CHAIR reflects repetition)"
+    )
     console.print(f"runs written under [bold]{out}[/]; browse them with: halluc dashboard --runs {out}")
 
 
@@ -324,9 +337,9 @@ def crosscheck(
         settings=settings,
         resume=resume,
     )
-    table = Table("rank", "system", "explicit", "implicit", "CHAIR_i")
+    table = Table("rank", "system", "explicit", "implicit", "CHAIR_i", "CHi-d", "degen")
     for row in sorted(result["systems"], key=lambda r: r["rank_explicit"]):
-        cells = [row["explicit"], row["implicit"], row["CHAIR_i"]]
+        cells = [row["explicit"], row["implicit"], row["CHAIR_i"], row["CHAIR_i_distinct"], row["degenerate_share"]]
         table.add_row(str(row["rank_explicit"]), row["system"], *("-" if v is None else f"{v:.3f}" for v in cells))
     _print_table(table)
     for name in result["unscored"]:
@@ -540,7 +553,7 @@ def runs_show(run: Annotated[Path, typer.Argument(help="Run directory.")]) -> No
 
 
 def _headline(metrics: dict) -> dict[str, float]:
-    keys = ("CHAIR_s", "CHAIR_i", "recall", "f1", "accuracy")
+    keys = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "f1", "degenerate_share", "accuracy")
     return {k: float(metrics[k]) for k in keys if isinstance(metrics.get(k), int | float)}
 
 

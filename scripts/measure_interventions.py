@@ -5,9 +5,12 @@ strength sweep per method with its Pareto front of CHAIR_i against recall.
 
 1. For each seed, a random subset of ``--chair-images`` images of each image set (ids written to
    ``<out>/ids-<set>-seed<k>.txt``) gets CHAIR, and ``--pope-images`` seeded POPE images get POPE, for the baseline
-   and every method at its paper default. Reported: mean and std over seeds of CHAIR_s, CHAIR_i, recall, POPE F1.
-2. On ``--sweep-images`` (seed 0's subset), CHAIR for each method at several strengths; the points not dominated
-   in (lower CHAIR_i, higher recall) form the Pareto front.
+   and every method at its paper default. Reported: mean and std over seeds of CHAIR_s, CHAIR_i, distinct CHAIR_i
+   (each object once per caption), recall, POPE F1, mentions per caption and the share of degenerate (repetitive)
+   captions; a system marked ``!`` has >= 5% degenerate captions, so its CHAIR_i reflects repetition.
+2. On ``--sweep-images`` (seed 0's subset), CHAIR for each method at several strengths; the non-degenerate points
+   not dominated in (lower CHAIR_i, higher recall) form the Pareto front; degenerate settings are marked ``!`` and
+   left out of it (see :func:`benchmarks.chair.degenerate_setting`).
 
 Every cell is a run directory; rerunning the command reuses finished cells (resume after interruption).
 Results: ``<out>/report.json`` and tables on stdout.
@@ -22,6 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.chair import degenerate_setting
 from benchmarks.jobs import run_chair
 from benchmarks.runner import GenerationSettings
 from benchmarks.suite import finished_metrics, run_suite
@@ -30,7 +34,12 @@ from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
 from interventions import PAI, VHR, Intervention, TokenEmphasis
 
-METRICS = ("CHAIR_s", "CHAIR_i", "recall", "pope_f1")
+METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "pope_f1", "mentions_per_caption", "degenerate_share")
+HEADERS = ("CHs", "CHi", "CHi-d", "recall", "POPE F1", "men/cap", "degen%")
+SWEEP_METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "mentions_per_caption", "degenerate_share")
+LEGEND = """CHs, CHi: CHAIR_s, CHAIR_i (%); CHi-d: CHAIR_i counting each object once per caption;
+men/cap: object mentions per caption; degen%: repetitive captions (rep-2 >= 0.4);
+! = degenerate setting (>= 5% degenerate captions: left out of the Pareto front)"""
 DEFAULTS: dict[str, Intervention | None] = {"baseline": None, "vhr": VHR(), "token_emphasis": TokenEmphasis(),
                                             "pai": PAI(), "pai+cfg": PAI(cfg=True)}  # fmt: skip
 SWEEP: dict[str, list[Intervention]] = {
@@ -50,13 +59,20 @@ def subset_ids(spec: str, n: int, seed: int, out: Path) -> Path:
 
 
 def pareto(points: list[dict[str, Any]]) -> list[str]:
-    """Labels of the points no other point beats on both lower CHAIR_i and higher recall."""
+    """Labels of the non-degenerate points no other such point beats on both lower CHAIR_i and higher recall
+    (a degenerate setting's CHAIR_i comes from repetition, so it neither joins nor shapes the front)."""
 
     def beats(q: dict[str, Any], p: dict[str, Any]) -> bool:
         better_or_equal = q["CHAIR_i"] <= p["CHAIR_i"] and q["recall"] >= p["recall"]
         return better_or_equal and (q["CHAIR_i"], q["recall"]) != (p["CHAIR_i"], p["recall"])
 
-    return [p["label"] for p in points if not any(beats(q, p) for q in points)]
+    kept = [p for p in points if not degenerate_setting(p)]
+    return [p["label"] for p in kept if not any(beats(q, p) for q in kept)]
+
+
+def cell(metric: str, value: float) -> str:
+    """One table cell: mentions per caption as is, the fractions in percent."""
+    return f"{value:.1f}" if metric == "mentions_per_caption" else f"{100 * value:.1f}"
 
 
 def label(config: Intervention | None) -> str:
@@ -114,19 +130,24 @@ def main() -> None:
                 lvlm, sweep_set, run_dir, settings=settings, intervention=config, seed=args.seeds[0], resume=True
             ).metrics
         )
-        points.append({"label": name, "method": method, **{k: metrics[k] for k in ("CHAIR_s", "CHAIR_i", "recall")}})
-    report = {"summary": summary, "sweep": {"images": args.sweep_images, "points": points, "pareto": pareto(points)}}
+        points.append({"label": name, "method": method, **{k: metrics[k] for k in SWEEP_METRICS}})
+    sweep = {"images": args.sweep_images, "points": points, "pareto": pareto(points)}
+    sweep["degenerate"] = [p["label"] for p in points if degenerate_setting(p)]
+    report = {"summary": summary, "sweep": sweep}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
 
     print(f"\nmean ± std over seeds {args.seeds} ({args.chair_images} CHAIR images, {args.pope_images} POPE images)")
-    print(f"{'system':16} {'images':10} " + " ".join(f"{m:>15}" for m in METRICS))
+    print(f"{'system':16} {'images':9} " + " ".join(f"{h:>9}" for h in HEADERS))
     for e in summary:
-        cells_text = " ".join(f"{100 * e[m]['mean']:7.1f} ± {100 * e[m]['std']:4.1f}" for m in METRICS)
-        print(f"{e['system']:16} {e['images']:10} {cells_text}")
-    print(f"\nstrength sweep on {args.sweep_images} (CHAIR_s, CHAIR_i, recall; * = Pareto front)")
+        flag = "!" if degenerate_setting({m: e[m]["mean"] for m in METRICS}) else " "
+        cells = " ".join(f"{cell(m, e[m]['mean']):>5}±{cell(m, e[m]['std']):>3}" for m in METRICS)
+        print(f"{e['system']:15}{flag} {e['images']:9} {cells}")
+    print(f"\nstrength sweep on {args.sweep_images} (* = Pareto front of CHi against recall)")
+    print(f"  {'setting':28} " + " ".join(f"{h:>7}" for h in HEADERS if h != "POPE F1"))
     for p in points:
-        star = "*" if p["label"] in report["sweep"]["pareto"] else " "
-        print(f"{star} {p['label']:34} {100 * p['CHAIR_s']:6.1f} {100 * p['CHAIR_i']:6.1f} {100 * p['recall']:6.1f}")
+        flag = "*" if p["label"] in sweep["pareto"] else "!" if p["label"] in sweep["degenerate"] else " "
+        print(f"{flag} {p['label']:28} " + " ".join(f"{cell(m, p[m]):>7}" for m in SWEEP_METRICS))
+    print(LEGEND)
 
 
 if __name__ == "__main__":

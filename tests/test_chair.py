@@ -1,4 +1,4 @@
-"""CHAIR: published numbers from real OPERA logs, hand-computed metrics, ground-truth building and I/O."""
+"""CHAIR: published numbers from real OPERA logs, hand-computed metrics, repetition checks, ground truth and I/O."""
 
 import gzip
 import json
@@ -8,9 +8,11 @@ import pytest
 
 from benchmarks.chair import (
     chair_metrics,
+    degenerate_setting,
     load_ground_truth,
     load_ground_truth_file,
     read_records,
+    repetition,
     save_ground_truth_file,
     score_caption,
     score_records,
@@ -37,6 +39,7 @@ def test_reproduces_opera_llava15_numbers(real_gt, log: str, chair_s: float, cha
     assert abs(100 * metrics["CHAIR_s"] - chair_s) <= 0.2
     assert abs(100 * metrics["CHAIR_i"] - chair_i) <= 0.2
     assert 0.78 < metrics["recall"] < 0.81 and 90 < metrics["avg_len"] < 100
+    assert metrics["degenerate_share"] == 0.0  # long, normal descriptions are not repetitive
     json.dumps(details)  # the dashboard reads these as JSON
     for d in details[:50]:
         for m in d["mentions"]:
@@ -59,6 +62,9 @@ def test_hand_computed_metrics() -> None:
     assert metrics["f1"] == pytest.approx(5 / 6)
     assert metrics["avg_len"] == pytest.approx((13 + 14 + 4) / 3)  # merged tokens, punctuation included
     assert (metrics["n_mentions"], metrics["n_hallucinated_mentions"]) == (8, 2)
+    assert metrics["CHAIR_i_distinct"] == pytest.approx(1 / 6)  # dog once in caption 2; 3 + 3 + 0 distinct
+    assert metrics["mentions_per_caption"] == pytest.approx(8 / 3)
+    assert metrics["degenerate_share"] == 0.0
     assert [m["hallucinated"] for m in details[1]["mentions"]] == [False, False, True, True]
     assert details[2] == {
         "image_id": 3,
@@ -67,6 +73,44 @@ def test_hand_computed_metrics() -> None:
         "gt_objects": ["car"],
         "hallucinated": False,
     }
+
+
+def test_distinct_chair_i_counts_a_repeated_hallucination_once_per_caption() -> None:
+    gt = {1: frozenset({"dog", "dining table"}), 2: frozenset({"cat", "couch"})}
+    records = [
+        {"image_id": 1, "caption": "A dog sits by a table with a fork, a fork, a fork, a fork and a fork."},
+        {"image_id": 2, "caption": "A cat sleeps on a couch. A dog lies beside the cat."},
+    ]
+    metrics, _ = score_records(records, gt)
+    assert metrics["CHAIR_i"] == pytest.approx(6 / 11)  # every mention: fork x5 + dog of 7 + 4 mentions
+    assert metrics["CHAIR_i_distinct"] == pytest.approx(2 / 6)  # {fork} of {dog, dining table, fork}; {dog} of 3
+    assert metrics["CHAIR_i_distinct"] == pytest.approx(1 - metrics["precision"])
+    assert metrics["mentions_per_caption"] == pytest.approx(11 / 2)
+
+
+def test_repetition_flags_looping_captions_not_normal_descriptions() -> None:
+    assert repetition("a b c. a b c.") == pytest.approx(2 / 5)  # bigrams ab bc ca ab bc: 3 unique of 5
+    assert repetition("The cat sat on the mat.") == 0.0 and repetition("A dog.") == 0.0
+    normal = (
+        "A picture of a kitchen with a yellow houseplant. A tiny white cat and a small table are not far from each "
+        "other. A small spoon is hard to make out in the bottom right corner of the kitchen. A tiny knife is hard "
+        "to make out in the bottom right corner of the kitchen."
+    )
+    looping = {
+        "sentence said twice": "A dog runs on the grass. A dog runs on the grass.",
+        "sentence said five times": " ".join(["A red car is parked near the curb."] * 5),
+        "word loop": "A kitchen with a fork fork fork fork fork fork fork fork fork fork.",
+    }
+    gt = {"cat", "dining table", "spoon", "knife"}
+    assert not score_caption(normal, gt).degenerate
+    assert all(score_caption(text, gt).degenerate for text in looping.values())
+    scores = [score_caption(normal, gt)] * 3 + [score_caption(looping["word loop"], gt)]
+    assert chair_metrics(scores)["degenerate_share"] == pytest.approx(1 / 4)
+
+
+def test_a_setting_is_degenerate_from_five_percent_degenerate_captions() -> None:
+    assert not degenerate_setting({"degenerate_share": 0.0}) and not degenerate_setting({"degenerate_share": 0.04})
+    assert degenerate_setting({"degenerate_share": 0.05}) and degenerate_setting({"degenerate_share": 0.65})
 
 
 def test_score_caption_verdicts() -> None:

@@ -73,6 +73,11 @@ def test_a_finished_run_is_reused_only_for_the_weights_that_made_it(world: Path,
     settings = GenerationSettings(max_new_tokens=4, batch_size=2)
     chair = run_chair(lvlm, images, tmp_path / "chair", settings=settings, progress=False)
     assert finished_metrics(tmp_path / "chair", lvlm) == chair.metrics
+    metrics_path = tmp_path / "chair" / "metrics.json"
+    metrics_path.write_text(json.dumps({k: v for k, v in chair.metrics.items() if k != "degenerate_share"}))
+    assert finished_metrics(tmp_path / "chair", lvlm) is None  # scored before the repetition checks: rescore it
+    rescored = run_chair(lvlm, images, tmp_path / "chair", settings=settings, resume=True, progress=False)
+    assert rescored.metrics == chair.metrics and rescored.summary.generated == 0
     manifest_path = tmp_path / "chair" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({**manifest, "weights_sha256": "0123456789abcdef"}))

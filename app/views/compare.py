@@ -9,8 +9,9 @@ from app import charts, data, ui
 
 __all__: list[str] = []
 
-_LOWER_IS_BETTER = {"CHAIR_s", "CHAIR_i"}
-_BARS = ("CHAIR_s", "CHAIR_i", "recall", "precision", "f1")  # fractions; avg_len is on another scale
+_LOWER_IS_BETTER = {"CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "degenerate_share"}
+# fractions; avg_len and mentions_per_caption are on other scales
+_BARS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "precision", "f1", "degenerate_share")
 
 
 def _metrics(run: data.Run) -> dict[str, float]:
@@ -91,7 +92,7 @@ def render(scan: data.Scan) -> None:
         "baseline", chosen_ids, index=default, format_func=lambda i: scan.by_id(i).label, key=f"base-{job}"
     )
     baseline = scan.by_id(pick)
-    keys = ["CHAIR_s", "CHAIR_i", "recall", "f1"] if job == "chair" else ["mean accuracy", "mean f1", "mean yes_ratio"]
+    keys = list(data.CHAIR_HEADLINE) if job == "chair" else ["mean accuracy", "mean f1", "mean yes_ratio"]
     _cards(chosen, baseline, keys)
     st.subheader("All metrics")
     st.dataframe(_table(chosen, baseline).style.format("{:.3f}", na_rep=""))
