@@ -11,26 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.mechanisms import later_sentences_hallucinate_more, rate_by_sentence
 from benchmarks.suite import run_suite
 from halluc.defaults import default_model
 from halluc.models import load_lvlm
-from halluc.objects import split_sentences
-
-
-def rate_by_sentence(details: list[dict]) -> dict[str, float]:
-    """Share of hallucinated mentions per sentence position (1, 2, 3, 4+) over all captions."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for caption in details:
-        spans = split_sentences(caption["caption"])
-        for mention in caption["mentions"]:
-            index = next((i for i, (s, e) in enumerate(spans) if s <= mention["start"] < e), len(spans) - 1)
-            key = str(index + 1) if index < 3 else "4+"
-            counts[key][0] += bool(mention["hallucinated"])
-            counts[key][1] += 1
-    return {k: h / n for k, (h, n) in sorted(counts.items()) if n}
 
 
 def main() -> None:
@@ -64,10 +50,9 @@ def main() -> None:
         > val["pope_popular_acc"]
         > val["pope_adversarial_acc"],
         "POPE adversarial >= 5 points below random (val)": val["pope_random_acc"] - val["pope_adversarial_acc"] >= 0.05,
-        "later sentences hallucinate more than the first (shift)": max(
-            (v for k, v in shift["hallucination_rate_by_sentence"].items() if k != "1"), default=0.0
-        )
-        > shift["hallucination_rate_by_sentence"].get("1", 0.0),
+        "later sentences hallucinate more than the first (shift)": later_sentences_hallucinate_more(
+            shift["hallucination_rate_by_sentence"]
+        ),
     }
     report["checks"] = checks
     (args.out / "behaviour.json").write_text(json.dumps(report, indent=2))

@@ -27,8 +27,9 @@ from halluc.world.shapes import polygon, polygon_area
 __all__ = ["MIN_VISIBLE", "SPLITS", "SplitPaths", "build_split", "image_dir", "scene_types", "world_categories"]
 
 SPLITS = ("train", "val", "shift", "prior_free")
-_STREAM = {"train": 1, "val": 2, "shift": 3, "prior_free": 4}  # seed-stream per split: val differs from train only here
-_ID_BASE = {"train": 1_000_000, "val": 2_000_000, "shift": 3_000_000, "prior_free": 4_000_000}  # image ids never collide across splits
+# seed stream per split (val differs from train only here) and image id base (ids never collide across splits)
+_STREAM = {"train": 1, "val": 2, "shift": 3, "prior_free": 4}
+_ID_BASE = {"train": 1_000_000, "val": 2_000_000, "shift": 3_000_000, "prior_free": 4_000_000}
 _MAX_IMAGES = 999_999
 MIN_VISIBLE = 0.25  # every object keeps at least this fraction of its pixels visible
 _SIZE_RANGE = (32, 1024)
