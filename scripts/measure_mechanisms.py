@@ -11,7 +11,8 @@ the world's prior_free split (objects drawn whatever the scene), reads most hall
 fit on val is reported beside it for information only, since on val the scene predicts the objects and such a probe
 reads the scene (on v10, present objects scored 0.70 in their own scene and 0.15 elsewhere); image-attention mass
 decays along the text (Spearman CI < 0); later sentences hallucinate more. Images are the first N of each split
-(fixed order); seeds are fixed. Writes mechanisms.json (report + checks), mentions.json (every measured first mention) and descriptions.json.
+(fixed order); seeds are fixed. Writes mechanisms.json (report + checks), mentions.json (every measured first
+mention) and descriptions.json.
 """
 
 from __future__ import annotations
