@@ -13,7 +13,8 @@ Four measurements; each is a pure computation (tested on hand-made inputs) fed b
    image effect log p_img - log p_txt of the noun tokens, and text-only p. Hallucinated minus grounded is taken
    within token-position bins (:func:`stratified_difference`) with a bootstrap CI over images.
 3. **Probe** (:func:`fit_probes`, :func:`probe_readout`): one logistic regression per category on the mean of the
-   projected image features the LM sees (its input embeddings at the image tokens), fit on val, read on shift.
+   projected image features the LM sees (its input embeddings at the image tokens), fit on prior-free images (where
+   the scene does not predict the objects, so the probe reads objects, not scenes), read on shift.
 4. **Decay** (:func:`attention_decay`, :func:`rate_by_sentence`): Spearman correlation of image-attention mass
    with the generated token's position, and the hallucination rate per sentence.
 
@@ -46,7 +47,7 @@ from halluc.imagesets import ImageSet
 from halluc.models import LVLM, PreparedBatch
 from halluc.objects import split_sentences
 from halluc.world import scene_types, world_categories
-from halluc.world.captions import _OPENERS  # the world's caption openers (data; the world module is not ours)
+from halluc.world.captions import OPENERS
 from halluc.world.catalog import NOUNS, SCENES
 
 __all__ = [
@@ -244,7 +245,7 @@ def opener_prefixes(scene: str, *, all_names: bool = True) -> list[str]:
     prefixes = []
     for name in names:
         a_scene = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-        for template in _OPENERS:
+        for template in OPENERS:
             head = template.split("{objs}")[0].rstrip()
             prefixes.append(head.format(scene=name, a_scene=a_scene, A_scene=a_scene[0].upper() + a_scene[1:]))
     return list(dict.fromkeys(prefixes))

@@ -15,12 +15,12 @@ import numpy as np
 from halluc.world.catalog import GLYPHS, NOUNS, SCENES
 from halluc.world.layout import Placement
 
-__all__ = ["CAPTIONS_PER_IMAGE", "OCCLUDED_BELOW", "describe", "salience"]
+__all__ = ["CAPTIONS_PER_IMAGE", "OCCLUDED_BELOW", "OPENERS", "describe", "salience"]
 
 CAPTIONS_PER_IMAGE = 5
 OCCLUDED_BELOW = 0.85  # an object with a smaller visible fraction counts as occluded
 
-_OPENERS = (
+OPENERS = (  # the first sentence of every caption: scene, then the most salient objects
     "A {scene} scene with {objs}.",
     "A picture of {a_scene} with {objs}.",
     "An image of {a_scene} showing {objs}.",
@@ -139,7 +139,7 @@ class _Writer:
 
     def opener(self, items: Sequence[int]) -> str:
         a_scene = _article(self.scene_name)
-        template = _pick(self.rng, _OPENERS)
+        template = _pick(self.rng, OPENERS)
         return template.format(scene=self.scene_name, a_scene=a_scene, A_scene=_cap(a_scene), objs=self.listing(items))
 
     def about(self, i: int) -> str:
