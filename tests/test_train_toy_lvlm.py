@@ -126,5 +126,9 @@ def test_tuning_follows_pretraining_at_a_lower_rate_and_asks_questions(script) -
     assert [p.trains for p in (text, align, tune)] == ["language model", "projector", "projector + language model"]
     assert tune.lr < text.lr and tune.questions_per_image > 0 and 0 < tune.text_share < 1
     args = script.parse_args(["--batch-size", "4", "--processes", "1"])
-    batch = next(script.batches(one_image_data(script, texts=("A park with a dog.",)), tune, 2, args, rank=0))
+    data = one_image_data(script, texts=("A park with a dog.",))
+    mixed = tuning(script, questions_per_image=2, text_share=0.25)
+    batch = next(script.batches(data, mixed, 2, args, rank=0))
     assert len(batch) == 4 and sum(ex.prompt not in (DESCRIBE_PROMPT, None) for ex in batch) == 2
+    with pytest.raises(ValueError, match="fewer than a batch"):  # one image cannot fill a batch of 8: fail, not hang
+        next(script.batches(data, mixed, 2, script.parse_args(["--batch-size", "8"]), rank=0))
