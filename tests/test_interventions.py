@@ -212,4 +212,6 @@ def test_intervene_decorator_and_composite() -> None:
         probe("not a model", "x")
     with Composite((PAI(), VHR())).apply(lvlm) as handles:
         assert [h.name for h in handles] == ["pai", "vhr"]
-    assert lvlm.generation_hooks == [] and interventions.__all__
+    assert lvlm.generation_hooks == [] and lvlm.attn_implementation == "sdpa"  # leaving the Composite undoes both
+    assert {"Composite", "apply", "intervene"} <= set(interventions.__all__)
+    assert [name for name in interventions.__all__ if not hasattr(interventions, name)] == []  # import * works

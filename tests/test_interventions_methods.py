@@ -1,4 +1,9 @@
-"""Each method on every tiny family: changes outputs, neutral is a no-op, detach is exact, batched == one-by-one."""
+"""Each method on every tiny family: changes outputs, neutral is a no-op, detach is exact, batched == one-by-one.
+
+A neutral score edit (PAI ``alpha=0``, token emphasis ``local=spatial=0``) installs nothing, so the no-op check of
+the edit itself uses an identity strength instead: ``a + 1e-30 * |a|`` rounds to ``a`` in float32, yet the whole
+edit path (row recomputation, strengths, CLS probe, generation hook) runs.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM, PreparedBatch
-from interventions import PAI, VHR, Intervention, TokenEmphasis, analyse_heads, apply
+from interventions import PAI, VHR, Intervention, TokenEmphasis, _attention, analyse_heads, apply
 from interventions._batching import paired_inputs
 from interventions._contrastive import TextOnlyBranch, TextOnlyGuidance
 from interventions._vision import add_cls_probe, feature_attention
+from interventions.modality import pai_layers
 
 torch.set_num_threads(1)
 
@@ -32,6 +38,10 @@ STRONG = {  # strengths that visibly move a random tiny model
     "token_emphasis": TokenEmphasis(local=5.0, spatial=3.0),
 }
 NEUTRAL = {"vhr": VHR(alpha=1.0), "pai": PAI(alpha=0.0), "token_emphasis": TokenEmphasis(local=0.0, spatial=0.0)}
+IDENTITY = {  # score edits that run in full but round to the unedited scores (a + 1e-30|a| == a in float32)
+    "pai": PAI(alpha=1e-30),
+    "token_emphasis": TokenEmphasis(local=1e-30, spatial=1e-30),
+}
 STEPS = 4
 
 
@@ -77,6 +87,25 @@ def test_method_changes_outputs_neutral_is_noop_detach_is_exact(lvlm: LVLM, meth
     assert torch.equal(logits(lvlm, batch, NEUTRAL[method]), before)
     assert torch.equal(logits(lvlm, batch), before), "detach must restore the model bit for bit"
     assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
+
+
+@pytest.mark.parametrize("method", list(IDENTITY))
+def test_identity_strength_runs_the_edit_and_leaves_the_logits(
+    lvlm: LVLM, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = lvlm.prepare(IMAGES, PROMPTS)
+    before = logits(lvlm, batch)
+    edited: list[torch.Tensor] = []  # the edited scores of every recomputed last row
+
+    def spy(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        edited.append(scores)
+        return attend_row(scores, value)
+
+    attend_row = _attention.attend_row
+    monkeypatch.setattr(_attention, "attend_row", spy)
+    after = logits(lvlm, batch, IDENTITY[method])
+    assert len(edited) == STEPS * len(pai_layers(lvlm.num_layers)), "the edit must run on every layer and step"
+    assert torch.allclose(after, before, atol=1e-5), "an identity edit changed the model"
 
 
 @pytest.mark.parametrize("method", list(STRONG))

@@ -98,9 +98,12 @@ def test_cli_errors_are_one_clear_line(world: Path, tmp_path: Path, tiny_dir: Pa
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     unwritable = _cli("chair", "--model", str(tiny_dir), *_image_args(world), "--out", str(blocker / "run"))
-    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
-    unbuilt = _cli("crosscheck")
-    assert unbuilt.returncode != 0
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr and "Traceback" not in unwritable.stderr
+    no_systems = _cli("crosscheck", "--out", str(tmp_path / "r3"))
+    assert no_systems.returncode == 2 and "--systems" in no_systems.stderr and "Traceback" not in no_systems.stderr
+    bad_system = _cli("crosscheck", "--systems", "vhr:alpha=-1", "--out", str(tmp_path / "r4"))
+    assert bad_system.returncode == 2 and "Traceback" not in bad_system.stderr
+    assert "alpha must be >= 0, got -1.0" in bad_system.stderr
 
 
 def _chair_cmd(world: Path, tiny_dir: Path, out: Path, *extra: str) -> list[str]:
