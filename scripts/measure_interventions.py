@@ -7,7 +7,9 @@ strength sweep per method with its Pareto front of CHAIR_i against recall.
    ``<out>/ids-<set>-seed<k>.txt``) gets CHAIR, and ``--pope-images`` seeded POPE images get POPE, for the baseline
    and every method at its paper default. Reported: mean and std over seeds of CHAIR_s, CHAIR_i, distinct CHAIR_i
    (each object once per caption), recall, POPE F1, mentions per caption and the share of degenerate (repetitive)
-   captions; a system marked ``!`` has >= 5% degenerate captions, so its CHAIR_i reflects repetition.
+   captions; a system marked ``!`` has >= 5% degenerate captions, so its CHAIR_i reflects repetition. Then each
+   method minus the baseline on the same images (all seeds' subsets pooled) for CHAIR_i, distinct CHAIR_i and
+   recall, with 95% bootstrap CIs over images (:mod:`benchmarks.compare`).
 2. On ``--sweep-images`` (seed 0's subset), CHAIR for each method at several strengths; the non-degenerate points
    not dominated in (lower CHAIR_i, higher recall) form the Pareto front; degenerate settings are marked ``!`` and
    left out of it (see :func:`benchmarks.chair.degenerate_setting`).
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chair import degenerate_setting
+from benchmarks.compare import RATIOS, paired_difference
 from benchmarks.jobs import run_chair
 from benchmarks.runner import GenerationSettings
 from benchmarks.suite import finished_metrics, run_suite
@@ -82,6 +85,29 @@ def label(config: Intervention | None) -> str:
     return config.name + "(" + ",".join(f"{k}={v}" for k, v in fields.items()) + ")"
 
 
+def interval(value: dict[str, float]) -> str:
+    """'+1.2 [-0.3,+2.8]' in points."""
+    return f"{100 * value['estimate']:+.1f} [{100 * value['low']:+.1f},{100 * value['high']:+.1f}]"
+
+
+def chair_details(out: Path, seeds: list[int], system: str, spec: str) -> list[dict]:
+    """Per-caption CHAIR records of one system on one image set, every seed's subset in turn."""
+    runs = [out / f"seed{seed}" / f"{system}__{spec.replace(':', '-')}" / "chair" for seed in seeds]
+    return [record for run in runs for record in json.loads((run / "chair_details.json").read_text())]
+
+
+def paired_differences(out: Path, seeds: list[int], systems: list[str], images: list[str]) -> list[dict[str, Any]]:
+    """Each system minus the baseline on the same images (every seed's subset pooled), with bootstrap CIs."""
+    differences = []
+    for spec in images:
+        baseline = chair_details(out, seeds, "baseline", spec)
+        for system in dict.fromkeys(s for s in systems if s != "baseline"):
+            other = chair_details(out, seeds, system, spec)
+            entry: dict[str, Any] = {"system": system, "images": spec}
+            differences.append(entry | {m: paired_difference(baseline, other, m).to_dict() for m in RATIOS})
+    return differences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
@@ -133,7 +159,8 @@ def main() -> None:
         points.append({"label": name, "method": method, **{k: metrics[k] for k in SWEEP_METRICS}})
     sweep = {"images": args.sweep_images, "points": points, "pareto": pareto(points)}
     sweep["degenerate"] = [p["label"] for p in points if degenerate_setting(p)]
-    report = {"summary": summary, "sweep": sweep}
+    differences = paired_differences(args.out, args.seeds, [e["system"] for e in summary], args.images)
+    report = {"summary": summary, "differences": differences, "sweep": sweep}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
 
     print(f"\nmean ± std over seeds {args.seeds} ({args.chair_images} CHAIR images, {args.pope_images} POPE images)")
@@ -142,6 +169,13 @@ def main() -> None:
         flag = "!" if degenerate_setting({m: e[m]["mean"] for m in METRICS}) else " "
         cells = " ".join(f"{cell(m, e[m]['mean']):>5}±{cell(m, e[m]['std']):>3}" for m in METRICS)
         print(f"{e['system']:15}{flag} {e['images']:9} {cells}")
+    print("\nsystem - baseline on the same images, all seeds pooled, 95% bootstrap CI over images (points)")
+    print(f"{'system':16} {'images':9} " + " ".join(f"{m:>22}" for m in RATIOS))
+    for d in differences:
+        cells = " ".join(
+            f"{100 * d[m]['estimate']:+6.1f} [{100 * d[m]['low']:+5.1f},{100 * d[m]['high']:+5.1f}]" for m in RATIOS
+        )
+        print(f"{d['system']:16} {d['images']:9} {cells}")
     print(f"\nstrength sweep on {args.sweep_images} (* = Pareto front of CHi against recall)")
     print(f"  {'setting':28} " + " ".join(f"{h:>7}" for h in HEADERS if h != "POPE F1"))
     for p in points:

@@ -183,3 +183,24 @@ def test_read_records_formats(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode()))
     for name in ("a.json", "b.jsonl", "c.jsonl.gz"):
         assert read_records(tmp_path / name) == rows
+
+
+def test_paired_difference_is_the_metric_gap_on_the_same_images_with_a_ci_around_it() -> None:
+    """system - baseline of a ratio metric over the same images; a CI that excludes 0 only for a real gap."""
+    from benchmarks.compare import paired_difference
+
+    def record(image_id: int, said: list[str]) -> dict:
+        truth = ["c0", "c1"]
+        mentions = [{"category": c, "hallucinated": c not in truth} for c in said]
+        return {"image_id": image_id, "mentions": mentions, "gt_objects": truth}
+
+    baseline = [record(i, ["c0", "c5"]) for i in range(40)]  # CHAIR_i 0.5, recall 0.5
+    better = [record(i, ["c0", "c1"]) for i in range(40)]  # CHAIR_i 0.0, recall 1.0
+    gap = paired_difference(baseline, better, "CHAIR_i", n_resamples=200)
+    assert gap.estimate == pytest.approx(-0.5) and gap.high < 0
+    assert paired_difference(baseline, better, "recall", n_resamples=200).estimate == pytest.approx(0.5)
+    noisy = [record(i, ["c0", "c5" if i % 2 else "c1"]) for i in range(40)]
+    same = paired_difference(noisy, list(noisy), "CHAIR_i", n_resamples=200)
+    assert same.estimate == 0 and same.low <= 0 <= same.high
+    with pytest.raises(InputDataError, match="same images"):
+        paired_difference(baseline, better[::-1], "CHAIR_i")
