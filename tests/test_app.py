@@ -315,3 +315,29 @@ def test_cli_dashboard_rejects_a_missing_runs_dir(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["dashboard", "--runs", str(tmp_path / "nope")])
     assert isinstance(result.exception, InputDataError) and "nope" in str(result.exception)
+
+
+def test_cli_dashboard_runs_this_app_on_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast twin of tests/test_app_e2e.py (marked slow): ``halluc dashboard`` starts streamlit on this app."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from halluc.cli import app
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def call(command: list[str], env: dict[str, str]) -> int:
+        calls.append((command, env))
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", call)
+    result = CliRunner().invoke(app, ["dashboard", "--runs", str(FIXTURES), "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    [(command, env)] = calls
+    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(MAIN)]
+    options = dict(zip(command[5::2], command[6::2], strict=True))
+    assert options["--server.address"] == "127.0.0.1" and options["--server.port"] == "8765"
+    assert options["--server.headless"] == "true"
+    assert env[data.RUNS_ENV] == str(FIXTURES.resolve())

@@ -85,25 +85,42 @@ def test_a_finished_run_is_reused_only_for_the_weights_that_made_it(world: Path,
         finished_metrics(tmp_path / "chair", lvlm)
 
 
-def test_cli_errors_are_one_clear_line(world: Path, tmp_path: Path, tiny_dir: Path) -> None:
-    missing = _cli(
-        "chair", "--model", str(tmp_path / "no-such-model"), *_image_args(world), "--out", str(tmp_path / "r")
-    )
-    assert missing.returncode == 2 and "no-such-model" in missing.stderr and "Traceback" not in missing.stderr
+def _bad_invocations(world: Path, tmp_path: Path, tiny_dir: Path) -> list[tuple[list[str], str]]:
+    """(CLI arguments, the bad value stderr must name): each must exit with status 2 and one line, no traceback."""
     bad_ann = tmp_path / "bad.json"
     bad_ann.write_text("{not json")
-    args = ["--images", str(world / "images" / "val"), "--annotations", str(bad_ann)]
-    corrupt = _cli("chair", "--model", str(tiny_dir), *args, "--out", str(tmp_path / "r2"))
-    assert corrupt.returncode == 2 and "bad.json" in corrupt.stderr and "Traceback" not in corrupt.stderr
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    unwritable = _cli("chair", "--model", str(tiny_dir), *_image_args(world), "--out", str(blocker / "run"))
-    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr and "Traceback" not in unwritable.stderr
-    no_systems = _cli("crosscheck", "--out", str(tmp_path / "r3"))
-    assert no_systems.returncode == 2 and "--systems" in no_systems.stderr and "Traceback" not in no_systems.stderr
-    bad_system = _cli("crosscheck", "--systems", "vhr:alpha=-1", "--out", str(tmp_path / "r4"))
-    assert bad_system.returncode == 2 and "Traceback" not in bad_system.stderr
-    assert "alpha must be >= 0, got -1.0" in bad_system.stderr
+    corrupt = ["--images", str(world / "images" / "val"), "--annotations", str(bad_ann)]
+    return [
+        (["chair", "--model", str(tmp_path / "no-such-model"), *_image_args(world), "--out", str(tmp_path / "r")],
+         "no-such-model"),
+        (["chair", "--model", str(tiny_dir), *corrupt, "--out", str(tmp_path / "r2")], "bad.json"),
+        (["chair", "--model", str(tiny_dir), *_image_args(world), "--out", str(blocker / "run")], "cannot write"),
+        (["crosscheck", "--out", str(tmp_path / "r3")], "--systems"),  # a required option left out
+        (["crosscheck", "--systems", "vhr:alpha=-1", "--out", str(tmp_path / "r4")], "alpha must be >= 0, got -1.0"),
+    ]  # fmt: skip
+
+
+def test_cli_errors_are_one_clear_line_in_process(
+    world: Path, tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The fast twin of the subprocess test below: the console entry point ``main`` called in this process."""
+    from halluc.cli import main
+
+    for args, named in _bad_invocations(world, tmp_path, tiny_dir):
+        monkeypatch.setattr(sys, "argv", ["halluc", *args])
+        with pytest.raises(SystemExit) as exited:  # any other exception (a traceback) fails the test
+            main()
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2 and named in stderr and "Traceback" not in stderr, (args, stderr)
+
+
+@pytest.mark.slow
+def test_cli_errors_are_one_clear_line(world: Path, tmp_path: Path, tiny_dir: Path) -> None:
+    for args, named in _bad_invocations(world, tmp_path, tiny_dir):
+        done = _cli(*args)
+        assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
 
 
 def _chair_cmd(world: Path, tiny_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -111,6 +128,31 @@ def _chair_cmd(world: Path, tiny_dir: Path, out: Path, *extra: str) -> list[str]
     return [*CLI, "chair", "--model", str(tiny_dir), *_image_args(world), *common, *extra]
 
 
+def test_resume_after_a_torn_write_equals_uninterrupted_run(world: Path, tmp_path: Path) -> None:
+    """The fast twin of the SIGKILL test below: a run cut mid-record, in this process, resumes to the same run."""
+    lvlm = build_tiny("llava")
+    images = resolve_images(
+        str(world / "images" / "val"),
+        instances=world / "instances_val.json",
+        captions=world / "captions_val.json",
+        limit=6,
+    )
+    settings = GenerationSettings(max_new_tokens=8, batch_size=1)
+    reference = run_chair(lvlm, images, tmp_path / "ref", settings=settings, progress=False)
+    out = tmp_path / "cut"
+    run_chair(lvlm, images, out, settings=settings, progress=False)
+    samples = out / "samples.jsonl"
+    lines = samples.read_text().splitlines(keepends=True)
+    samples.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])  # killed while writing the 4th record
+    (out / "metrics.json").unlink()
+    resumed = run_chair(lvlm, images, out, settings=settings, resume=True, progress=False)
+    assert resumed.summary.skipped == 3 and resumed.summary.generated == 3
+    assert samples.read_text() == (tmp_path / "ref" / "samples.jsonl").read_text()
+    assert resumed.metrics == reference.metrics
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((tmp_path / "ref" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(world: Path, tmp_path: Path, tiny_dir: Path) -> None:
     reference = subprocess.run(_chair_cmd(world, tiny_dir, tmp_path / "ref"), capture_output=True, timeout=300)
     assert reference.returncode == 0, reference.stderr
@@ -136,6 +178,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(world: Path, tmp_path: Pat
     assert json.loads((out / "metrics.json").read_text()) == json.loads((tmp_path / "ref" / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # fast twin: tests/test_runs.py::test_sharded_run_equals_single_process_run
 def test_two_process_accelerate_run_equals_one_process_run(world: Path, tmp_path: Path, tiny_dir: Path) -> None:
     single = subprocess.run(_chair_cmd(world, tiny_dir, tmp_path / "one"), capture_output=True, timeout=300)
     assert single.returncode == 0, single.stderr
