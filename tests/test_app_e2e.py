@@ -111,7 +111,6 @@ def _shot(page, shots: Path, name: str) -> None:
     page.close()
 
 
-@pytest.mark.slow  # a server and a browser (over a minute); fast twins: tests/test_app.py (AppTest, dashboard CLI)
 def test_every_page_in_chromium(server: str, browser, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
