@@ -45,14 +45,17 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
+def _val_images(world: Path, limit: int):
+    """The first ``limit`` images of the test world's val split, with its instances and captions."""
+    folder = world / "images" / "val"
+    return resolve_images(
+        str(folder), instances=world / "instances_val.json", captions=world / "captions_val.json", limit=limit
+    )
+
+
 def test_chair_and_pope_jobs_write_complete_runs(world: Path, tmp_path: Path) -> None:
     lvlm = build_tiny("llava")
-    images = resolve_images(
-        str(world / "images" / "val"),
-        instances=world / "instances_val.json",
-        captions=world / "captions_val.json",
-        limit=5,
-    )
+    images = _val_images(world, limit=5)
     settings = GenerationSettings(max_new_tokens=6, batch_size=4)
     chair = run_chair(lvlm, images, tmp_path / "chair", settings=settings, progress=False)
     assert chair.metrics["n_captions"] == 5 and chair.store.manifest["status"] == "finished"
@@ -131,12 +134,7 @@ def _chair_cmd(world: Path, tiny_dir: Path, out: Path, *extra: str) -> list[str]
 def test_resume_after_a_torn_write_equals_uninterrupted_run(world: Path, tmp_path: Path) -> None:
     """The fast twin of the SIGKILL test below: a run cut mid-record, in this process, resumes to the same run."""
     lvlm = build_tiny("llava")
-    images = resolve_images(
-        str(world / "images" / "val"),
-        instances=world / "instances_val.json",
-        captions=world / "captions_val.json",
-        limit=6,
-    )
+    images = _val_images(world, limit=6)
     settings = GenerationSettings(max_new_tokens=8, batch_size=1)
     reference = run_chair(lvlm, images, tmp_path / "ref", settings=settings, progress=False)
     out = tmp_path / "cut"
