@@ -55,6 +55,7 @@ from halluc.objects import Mention, Mode, analyse
 __all__ = [
     "DEGENERATE_REPETITION",
     "DEGENERATE_SETTING_SHARE",
+    "REPETITION_LEGEND",
     "REPETITION_N",
     "CaptionScore",
     "GroundTruth",
@@ -78,6 +79,12 @@ REPETITION_N = 2  # n of rep-n (Welleck et al. 2019); the module docstring gives
 DEGENERATE_REPETITION = 0.4  # a caption is degenerate from this rep-2 on
 DEGENERATE_SETTING_SHARE = 0.05  # a setting is degenerate from this share of degenerate captions on
 _WORD = re.compile(r"\w+")
+# The key under every table that shows the repetition columns (short headers CHs, CHi, CHi-d, men/cap, degen%).
+REPETITION_LEGEND = (
+    "CHs, CHi: CHAIR_s, CHAIR_i (%); CHi-d: CHAIR_i counting each object once per caption; men/cap: object "
+    f"mentions per caption; degen%: repetitive captions (rep-{REPETITION_N} >= {DEGENERATE_REPETITION}); "
+    f"! = degenerate setting (>= {DEGENERATE_SETTING_SHARE:.0%} degenerate captions: its CHAIR reflects repetition)"
+)
 
 
 def repetition(text: str, n: int = REPETITION_N) -> float:

@@ -49,10 +49,10 @@ def paired_difference(
     if [d["image_id"] for d in baseline] != [d["image_id"] for d in system]:
         raise InputDataError("paired difference needs the same images in the same order for both systems")
     top, bottom = RATIOS[metric]
-    counts = [
-        np.array([[caption_counts(d)[top], caption_counts(d)[bottom]] for d in records], dtype=float)
-        for records in (baseline, system)
-    ]
+    counts = []
+    for records in (baseline, system):
+        per_caption = [caption_counts(d) for d in records]
+        counts.append(np.array([[c[top], c[bottom]] for c in per_caption], dtype=float))
 
     def difference(images: np.ndarray) -> float:
         (b_top, b_bottom), (s_top, s_bottom) = (c[images].sum(axis=0) for c in counts)

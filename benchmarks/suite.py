@@ -17,7 +17,7 @@ from benchmarks.runner import GenerationSettings
 from halluc.imagesets import resolve_images
 from halluc.runs import OutputLocationError, RunStore
 
-__all__ = ["CHAIR_HEADLINE", "SuiteRow", "finished_metrics", "run_suite"]
+__all__ = ["CHAIR_HEADLINE", "SuiteRow", "cell_dir", "finished_metrics", "run_suite"]
 
 # The CHAIR metrics every comparison table shows: CHAIR_i always beside its repetition checks.
 CHAIR_HEADLINE = (
@@ -43,6 +43,11 @@ class SuiteRow:
             **{f"pope_{split}_acc": self.pope[split]["accuracy"] for split in ("random", "popular", "adversarial")},
             "pope_f1": self.pope["mean"]["f1"],
         }
+
+
+def cell_dir(root: Path, system: str, spec: str) -> Path:
+    """Where :func:`run_suite` keeps one (system, image set) cell: ``<root>/<system>__<spec, ':' as '-'>``."""
+    return root / f"{system}__{spec.replace(':', '-')}"
 
 
 def finished_metrics(path: Path, lvlm: Any) -> dict[str, Any] | None:
@@ -88,7 +93,7 @@ def run_suite(
         chair_set = resolve_images(spec, ids_file=ids_file, limit=chair_images)
         pope_set = resolve_images(spec)
         for name, intervention in systems.items():
-            cell = root / f"{name}__{spec.replace(':', '-')}"
+            cell = cell_dir(root, name, spec)
             chair_dir, pope_dir = cell / "chair", cell / "pope"
             chair_metrics = (
                 finished_metrics(chair_dir, lvlm)

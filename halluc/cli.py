@@ -196,7 +196,7 @@ def demo(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Main job on the embedded default: baseline vs every intervention, CHAIR and POPE on toy val and shift."""
-    from benchmarks.chair import degenerate_setting
+    from benchmarks.chair import REPETITION_LEGEND, degenerate_setting
     from benchmarks.suite import run_suite
 
     lvlm = _load_model("", device, "auto", False)
@@ -225,10 +225,7 @@ def demo(
             f"{100 * f['pope_f1']:.1f}",
         )
     _print_table(table)
-    console.print(
-        "CHs/CHi: CHAIR_s/CHAIR_i (%); CHi-d: CHAIR_i counting each object once per caption; men/cap: object "
-        "mentions per caption; degen%: repetitive captions (rep-2 >= 0.4), ! from 5% on (CHAIR reflects repetition)"
-    )
+    console.print(REPETITION_LEGEND)
     console.print(f"runs written under [bold]{out}[/]; browse them with: halluc dashboard --runs {out}")
 
 

@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+from benchmarks.chair import REPETITION_LEGEND
 from benchmarks.crosscheck import CrossCheckSettings, parse_system, run_crosscheck
 from benchmarks.detector_chair import correlations, mention_agreement, score_run, validator_agreement
 from benchmarks.runner import load_image
@@ -121,14 +122,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
 
-    print(f"{'system':40s} {'CHAIR_i':>8s} {'CHi-d':>6s} {'degen':>6s} {'det CHAIR_i':>12s} {'uncertain':>10s} "
+    print(f"{'system':40s} {'CHAIR_i':>8s} {'CHi-d':>6s} {'degen%':>6s} {'det CHAIR_i':>12s} {'uncertain':>10s} "
           f"{'explicit':>9s} {'implicit':>9s}")  # fmt: skip
     for row in result["systems"]:
         det = detector_chair[row["system"]]
         print(f"{row['system']:40s} {row['CHAIR_i']:8.3f} {row['CHAIR_i_distinct']:6.3f} "
-              f"{row['degenerate_share']:6.3f} {det['CHAIR_i']:12.3f} {det['uncertain_rate']:10.3f} "
+              f"{100 * row['degenerate_share']:6.0f} {det['CHAIR_i']:12.3f} {det['uncertain_rate']:10.3f} "
               f"{row['explicit']:9.3f} {row['implicit']:9.3f}")  # fmt: skip
-    print("CHi-d: CHAIR_i counting each object once per caption; degen: share of repetitive captions (rep-2 >= 0.4)")
+    print(REPETITION_LEGEND)
     summary = {
         "validator": {k: validator_report[k] for k in ("accuracy", "kappa", "uncertain_share", "n")},
         "detector CHAIR mentions": {

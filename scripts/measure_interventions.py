@@ -27,11 +27,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chair import degenerate_setting
+from benchmarks.chair import REPETITION_LEGEND, degenerate_setting
 from benchmarks.compare import RATIOS, paired_difference
 from benchmarks.jobs import run_chair
 from benchmarks.runner import GenerationSettings
-from benchmarks.suite import finished_metrics, run_suite
+from benchmarks.suite import cell_dir, finished_metrics, run_suite
 from halluc.defaults import default_model
 from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
@@ -40,9 +40,6 @@ from interventions import PAI, VHR, Intervention, TokenEmphasis
 METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "pope_f1", "mentions_per_caption", "degenerate_share")
 HEADERS = ("CHs", "CHi", "CHi-d", "recall", "POPE F1", "men/cap", "degen%")
 SWEEP_METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "mentions_per_caption", "degenerate_share")
-LEGEND = """CHs, CHi: CHAIR_s, CHAIR_i (%); CHi-d: CHAIR_i counting each object once per caption;
-men/cap: object mentions per caption; degen%: repetitive captions (rep-2 >= 0.4);
-! = degenerate setting (>= 5% degenerate captions: left out of the Pareto front)"""
 DEFAULTS: dict[str, Intervention | None] = {"baseline": None, "vhr": VHR(), "token_emphasis": TokenEmphasis(),
                                             "pai": PAI(), "pai+cfg": PAI(cfg=True)}  # fmt: skip
 SWEEP: dict[str, list[Intervention]] = {
@@ -92,7 +89,7 @@ def interval(value: dict[str, float]) -> str:
 
 def chair_details(out: Path, seeds: list[int], system: str, spec: str) -> list[dict]:
     """Per-caption CHAIR records of one system on one image set, every seed's subset in turn."""
-    runs = [out / f"seed{seed}" / f"{system}__{spec.replace(':', '-')}" / "chair" for seed in seeds]
+    runs = [cell_dir(out / f"seed{seed}", system, spec) / "chair" for seed in seeds]
     return [record for run in runs for record in json.loads((run / "chair_details.json").read_text())]
 
 
@@ -172,16 +169,14 @@ def main() -> None:
     print("\nsystem - baseline on the same images, all seeds pooled, 95% bootstrap CI over images (points)")
     print(f"{'system':16} {'images':9} " + " ".join(f"{m:>22}" for m in RATIOS))
     for d in differences:
-        cells = " ".join(
-            f"{100 * d[m]['estimate']:+6.1f} [{100 * d[m]['low']:+5.1f},{100 * d[m]['high']:+5.1f}]" for m in RATIOS
-        )
+        cells = " ".join(f"{interval(d[m]):>22}" for m in RATIOS)
         print(f"{d['system']:16} {d['images']:9} {cells}")
     print(f"\nstrength sweep on {args.sweep_images} (* = Pareto front of CHi against recall)")
     print(f"  {'setting':28} " + " ".join(f"{h:>7}" for h in HEADERS if h != "POPE F1"))
     for p in points:
         flag = "*" if p["label"] in sweep["pareto"] else "!" if p["label"] in sweep["degenerate"] else " "
         print(f"{flag} {p['label']:28} " + " ".join(f"{cell(m, p[m]):>7}" for m in SWEEP_METRICS))
-    print(LEGEND)
+    print(REPETITION_LEGEND + " (left out of the Pareto front)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.chair import REPETITION_LEGEND
 from benchmarks.jobs import model_fingerprint
 from benchmarks.suite import SuiteRow, run_suite
 from detectors import AnnotationOracle, CrossCheckValidator, load_detector
@@ -121,8 +122,7 @@ def print_report(stats: dict[str, Any], train: dict[str, Any], table: list[dict[
               f"{100 * r['CHAIR_i_distinct']:.1f} | {100 * r['recall']:.1f} | {r['mentions_per_caption']:.1f} | "
               f"{100 * r['degenerate_share']:.0f} | {100 * r['pope_f1']:.1f} | {rel} | "
               f"{r['recall_change_points']:+.1f} | {'yes' if r['goal_met'] else 'no'} |")  # fmt: skip
-    print("CHs, CHi: CHAIR_s, CHAIR_i (%); CHi-d: CHAIR_i counting each object once per caption; men/cap: object "
-          "mentions per caption; degen%: repetitive captions (rep-2 >= 0.4)")  # fmt: skip
+    print(REPETITION_LEGEND)
 
 
 def main() -> None:
