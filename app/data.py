@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from halluc.errors import ConfigError, InputDataError
+from halluc.records import load_records
 from halluc.runs import MANIFEST, METRICS, SAMPLES
 
 __all__ = [
@@ -75,28 +76,16 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Records of a JSONL file plus a message per unreadable line; a torn last line (writer still busy) is skipped."""
+    """Records of a JSONL file plus problem messages (:mod:`halluc.records`'s policy, reported instead of raised).
+
+    A torn last line (the writer may still be busy) is skipped with a message; a bad line before it is an error
+    naming file and line, reported as the one message with no records.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise InputDataError(f"{path} is not UTF-8 text ({exc.reason})") from None
-    lines = text.split("\n")
-    records, problems = [], []
-    for lineno, line in enumerate(lines[:-1], 1):  # the part after the last newline is an unfinished record
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path.name} line {lineno}: not valid JSON ({exc.msg})")
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            problems.append(f"{path.name} line {lineno}: expected a JSON object, got {type(record).__name__}")
-    return records, problems
+        records, torn = load_records(path)
+    except InputDataError as exc:
+        return [], [str(exc)]
+    return records, [] if torn is None else [torn]
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ A detector "finds" an object when it returns at least one detection of that labe
 detector applies its own confidence threshold first). Verdicts are cached in memory per (image key, object) and,
 given ``cache_path``, appended to a JSONL file that later validators read back, so reruns cost nothing. Cache
 records carry both detector names and are only reused by a validator with the same two names, so a detector's
-``name`` must identify its weights and settings (``load_detector`` uses the spec string). Unreadable cache lines
-(e.g. one torn by a killed process) are ignored and recomputed.
+``name`` must identify its weights and settings (``load_detector`` uses the spec string). The cache follows
+:mod:`halluc.records`: a last line torn by a killed process is skipped (and recomputed), then truncated before the
+next append.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from detectors.base import Detector
 from halluc.errors import ConfigError, InputDataError, OutputLocationError
+from halluc.records import append_records, read_records
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -74,13 +75,6 @@ def _best_scores(detector: Detector, images: Sequence[Image], pending: list[list
     return scores
 
 
-def _ends_with_newline(path: Path) -> bool:
-    """Whether the last byte of a non-empty file is a newline (False means its last record was torn)."""
-    with path.open("rb") as fh:
-        fh.seek(-1, 2)
-        return fh.read(1) == b"\n"
-
-
 class CrossCheckValidator:
     """Two-detector agreement check for object mentions, cached per (image key, object)."""
 
@@ -90,41 +84,35 @@ class CrossCheckValidator:
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._pair = [detector_a.name, detector_b.name]
         self._cache: dict[tuple[str, str], Verdict] = {}
-        if self.cache_path is not None and self.cache_path.exists():
+        if self.cache_path is not None:
             self._load_cache(self.cache_path)
 
     def _load_cache(self, path: Path) -> None:
-        """Read the verdicts of this detector pair from a JSONL cache file, skipping unreadable lines."""
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputDataError(f"cannot read cross-check cache {str(path)!r}: {exc}") from None
-        for line in lines:
+        """Read the verdicts of this detector pair from a JSONL cache file."""
+        for n, rec in enumerate(read_records(path), 1):
+            if rec.get("detectors") != self._pair:
+                continue
             try:
-                rec = json.loads(line)
-                if rec["detectors"] != self._pair:
-                    continue
                 verdict = Verdict(rec["status"], rec["decided_by"], rec["score_a"], rec["score_b"])
                 self._cache[(rec["image_key"], rec["object"])] = verdict
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+            except KeyError as exc:
+                raise InputDataError(f"cross-check cache {path}: record {n} lacks {exc}") from None
 
     def _append_cache(self, new: dict[tuple[str, str], Verdict]) -> None:
-        """Append new verdicts to the cache file, starting on a fresh line if the last one was torn."""
+        """Append new verdicts to the cache file."""
         if self.cache_path is None or not new:
             return
-        lines = [
-            json.dumps({"detectors": self._pair, "image_key": key, "object": obj, **asdict(verdict)}) + "\n"
+        records = [
+            {"detectors": self._pair, "image_key": key, "object": obj, **asdict(verdict)}
             for (key, obj), verdict in new.items()
         ]
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.cache_path.open("ab") as fh:
-                if fh.tell() > 0 and not _ends_with_newline(self.cache_path):
-                    fh.write(b"\n")
-                fh.write("".join(lines).encode("utf-8"))
         except OSError as exc:
-            raise OutputLocationError(f"cannot write cross-check cache {str(self.cache_path)!r}: {exc}") from None
+            raise OutputLocationError(
+                f"cannot create the cross-check cache's folder {str(self.cache_path.parent)!r}: {exc.strerror}"
+            ) from None
+        append_records(self.cache_path, records)
 
     def validate(self, image: Image, image_key: str, objects: Sequence[str]) -> dict[str, Verdict]:
         """Return a verdict per distinct object for one image; ``image_key`` identifies the image in the cache."""

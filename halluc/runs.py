@@ -17,13 +17,14 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from halluc.errors import InputDataError, OutputLocationError
+from halluc.records import append_records, read_records, repair_tail, write_records
 
 __all__ = [
     "MANIFEST",
@@ -34,7 +35,6 @@ __all__ = [
     "config_hash",
     "environment_info",
     "list_runs",
-    "read_jsonl",
 ]
 
 MANIFEST = "manifest.json"
@@ -86,33 +86,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the complete records of a JSONL file; a torn last line (killed writer) is skipped."""
-    if not path.exists():
-        return
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.endswith("\n"):
-                return  # torn final line: the writer was interrupted mid-record
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputDataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Truncate a JSONL file after its last newline, removing a record torn by an interrupted writer."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if cut != len(data):
-        with path.open("r+b") as fh:
-            fh.truncate(cut)
-
-
 @dataclass
 class RunStore:
     """A run directory: manifest, append-only samples and atomically written metrics."""
@@ -149,7 +122,7 @@ class RunStore:
             manifest = {**manifest, "environment": environment_info(), "started_at": _now(), "status": "running"}
         manifest.setdefault("command", sys.argv)
         store.manifest = manifest
-        _drop_torn_tail(path / SAMPLES)
+        repair_tail(path / SAMPLES)
         store.write_manifest()
         return store
 
@@ -177,42 +150,30 @@ class RunStore:
         return self.path / (SAMPLES if shard is None else f"samples.{shard}.jsonl")
 
     def samples(self, shard: str | None = None) -> list[dict[str, Any]]:
-        return list(read_jsonl(self.samples_path(shard)))
+        return read_records(self.samples_path(shard))
 
     def done_ids(self) -> set[str]:
         """Ids of samples already recorded in the main file or any shard file (for resume)."""
         ids: set[str] = set()
         for file in [self.samples_path(), *sorted(self.path.glob("samples.*.jsonl"))]:
-            ids.update(str(rec["id"]) for rec in read_jsonl(file))
+            ids.update(str(rec["id"]) for rec in read_records(file))
         return ids
 
     def append(self, records: Iterable[dict[str, Any]], shard: str | None = None) -> None:
         """Append records, flushed and fsynced so a kill loses at most the record being written."""
-        target = self.samples_path(shard)
-        _drop_torn_tail(target)
-        with target.open("a", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_records(self.samples_path(shard), records)
 
     def merge_shards(self, order: list[str]) -> None:
         """Fold shard files into samples.jsonl, in request ``order``, then delete them."""
         shard_files = sorted(self.path.glob("samples.*.jsonl"))
         if not shard_files:
             return
-        by_id = {str(r["id"]): r for r in read_jsonl(self.samples_path())}
+        by_id = {str(r["id"]): r for r in read_records(self.samples_path())}
         for file in shard_files:
-            by_id.update({str(r["id"]): r for r in read_jsonl(file)})
+            by_id.update({str(r["id"]): r for r in read_records(file)})
         rank = {sample_id: i for i, sample_id in enumerate(order)}
         merged = sorted(by_id.values(), key=lambda r: rank.get(str(r["id"]), len(rank)))
-        tmp = self.path / f".{SAMPLES}.merge"
-        with tmp.open("w", encoding="utf-8") as fh:
-            for rec in merged:
-                fh.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.samples_path())
+        write_records(self.samples_path(), merged)
         for file in shard_files:
             file.unlink()
 

@@ -263,7 +263,7 @@ def test_malformed_files_give_messages_not_tracebacks(runs_copy: Path) -> None:
     assert "chair-vhr-2" in warnings and "not valid JSON" in warnings
     assert "chair-vhr-2" not in set(at.dataframe[0].value["run"])
     assert "pope-baseline" in _texts(_page("pope", run="pope-baseline").warning)
-    assert f"samples.jsonl line {n_samples + 1}: not valid JSON" in _texts(
+    assert f"samples.jsonl:{n_samples + 1}: torn last line skipped (not valid JSON" in _texts(
         _page("samples", run="chair-baseline").warning
     )
     assert "rectangular array" in _texts(_page("heads").error)
@@ -304,8 +304,13 @@ def test_assets_fallback_and_intervention_labels(tmp_path: Path) -> None:
     composite = {"name": "composite", "parts": [{"name": "vhr", "alpha": 2.0}, {"name": "pai"}]}
     assert data.intervention_strength(composite) == ("vhr(alpha=2.0)+pai", None)
     torn = tmp_path / "x.jsonl"
+    torn.write_text('{"a": 1}\n[2]\n')
+    assert data.read_jsonl(torn) == (
+        [{"a": 1}],
+        [f"{torn}:2: torn last line skipped (expected a JSON object, got list)"],
+    )
     torn.write_text('{"a": 1}\n[2]\n{"b"')
-    assert data.read_jsonl(torn) == ([{"a": 1}], ["x.jsonl line 2: expected a JSON object, got list"])
+    assert data.read_jsonl(torn) == ([], [f"{torn}:2: expected a JSON object, got list"])
 
 
 def test_cli_dashboard_rejects_a_missing_runs_dir(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from benchmarks.runner import GenerationSettings, Request, run_generation
 from halluc.errors import InputDataError, OutputLocationError
-from halluc.runs import RunStore, list_runs, read_jsonl
+from halluc.records import TornRecordWarning, read_records
+from halluc.runs import RunStore, list_runs
 
 
 class EchoModel:
@@ -53,8 +54,10 @@ def test_append_resume_and_torn_tail(tmp_path: Path) -> None:
     store.append([{"id": "1", "x": 1}, {"id": "2", "x": 2}])
     with store.samples_path().open("a") as fh:
         fh.write('{"id": "3", "x"')  # a writer killed mid-record
-    assert [r["id"] for r in read_jsonl(store.samples_path())] == ["1", "2"]
-    resumed = RunStore.create(tmp_path / "run", {"config_hash": "a"}, resume=True)
+    with pytest.warns(TornRecordWarning, match=r"samples.jsonl:3: torn last line skipped"):
+        assert [r["id"] for r in read_records(store.samples_path())] == ["1", "2"]
+    with pytest.warns(TornRecordWarning, match=r"samples.jsonl:3: torn last line removed"):
+        resumed = RunStore.create(tmp_path / "run", {"config_hash": "a"}, resume=True)
     resumed.append([{"id": "3", "x": 3}])
     assert [r["id"] for r in resumed.samples()] == ["1", "2", "3"]
     assert resumed.manifest["resumed_at"]

@@ -14,7 +14,7 @@ from tiny_models import build_tiny
 
 from halluc.errors import ConfigError, OutputLocationError
 from halluc.imagesets import ImageSet
-from halluc.runs import read_jsonl
+from halluc.records import read_records
 from halluc.sentinel import (
     LVLMSentenceSource,
     Sample,
@@ -119,10 +119,10 @@ def expected_pairs(image_dir: Path) -> list[dict]:
 def test_pairs_from_scripted_model_and_validator(image_set: ImageSet, tmp_path: Path) -> None:
     validator = ScriptedValidator()
     result = generate_pairs(ScriptedSource(), validator, image_set, tmp_path / "run", progress=False)
-    pairs = list(read_jsonl(tmp_path / "run" / "pairs.jsonl"))
+    pairs = read_records(tmp_path / "run" / "pairs.jsonl")
     assert all(set(p) == PAIR_KEYS for p in pairs)
     assert pairs == expected_pairs(image_set.image_dir)
-    images = {r["image_id"]: r for r in read_jsonl(tmp_path / "run" / "images.jsonl")}
+    images = {r["image_id"]: r for r in read_records(tmp_path / "run" / "images.jsonl")}
     assert images[1]["description"] == "A dog sits on a table. The dog is next to a cup."
     assert images[1]["stop_reason"] == "answer_end" and images[2]["stop_reason"] == "answer_end"
     assert images[1]["verdicts"]["bowl"] == "uncertain" and images[2]["description"] == ""
@@ -142,7 +142,7 @@ def test_pairs_from_scripted_model_and_validator(image_set: ImageSet, tmp_path: 
 def test_exploratory_pairs_when_enabled(image_set: ImageSet, tmp_path: Path) -> None:
     config = SentinelConfig(pair_types=("coherent", "exploratory"))
     generate_pairs(ScriptedSource(), ScriptedValidator(), image_set, tmp_path / "run", config=config, progress=False)
-    first = [p for p in read_jsonl(tmp_path / "run" / "pairs.jsonl") if p["step"] == 0]
+    first = [p for p in read_records(tmp_path / "run" / "pairs.jsonl") if p["step"] == 0]
     assert [(p["type"], p["y_win"], p["y_lose"], p["context"]) for p in first] == [
         ("exploratory", "A dog sits on a table.", "A cat sits on a table.", "")
     ]
@@ -165,7 +165,7 @@ def test_resume_after_interruption_has_no_duplicate_pairs(image_set: ImageSet, t
     result = generate_pairs(source, ScriptedValidator(), image_set, out, config=config, resume=True, progress=False)
     assert (result.skipped, result.generated, source.calls) == (1, 1, 1)
     assert (out / "pairs.jsonl").read_text() == (reference / "pairs.jsonl").read_text()
-    assert [r["image_id"] for r in read_jsonl(out / "images.jsonl")] == [1, 2]
+    assert [r["image_id"] for r in read_records(out / "images.jsonl")] == [1, 2]
 
 
 def test_step_finishes_on_majority_end_and_never_extends_with_hallucination() -> None:

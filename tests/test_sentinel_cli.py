@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from halluc.cli import app
 from halluc.errors import ConfigError, OutputLocationError
-from halluc.runs import read_jsonl
+from halluc.records import read_records
 from halluc.world import build_split
 
 
@@ -39,7 +39,7 @@ def test_sentinel_generate_writes_a_run(world: Path, tiny_dir: Path, tmp_path: P
     assert done.exit_code == 0, done.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["job"], manifest["status"], manifest["detectors"]) == ("sentinel", "finished", [oracle, oracle])
-    assert len(list(read_jsonl(out / "images.jsonl"))) == 3 and (out / "pairs.jsonl").exists()
+    assert len(read_records(out / "images.jsonl")) == 3 and (out / "pairs.jsonl").exists()
     assert "pairs from 3 images" in done.output
 
 

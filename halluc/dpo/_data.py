@@ -14,7 +14,7 @@ from typing import Any
 from transformers import ProcessorMixin
 
 from halluc.errors import InputDataError
-from halluc.runs import read_jsonl
+from halluc.records import read_records
 from halluc.sentinel import PAIRS, continuation, render_prompt
 
 __all__ = ["PAIR_FIELDS", "load_pairs", "preference_rows"]
@@ -29,7 +29,7 @@ def load_pairs(sources: Sequence[Path], *, pair_types: Sequence[str] | None = No
         file = Path(source) / PAIRS if Path(source).is_dir() else Path(source)
         if not file.is_file():
             raise InputDataError(f"no SENTINEL pairs at {str(source)!r}: expected a run directory holding {PAIRS}")
-        for n, pair in enumerate(read_jsonl(file), 1):
+        for n, pair in enumerate(read_records(file), 1):
             missing = [key for key in PAIR_FIELDS if key not in pair]
             if missing:
                 raise InputDataError(f"{file}: pair {n} lacks the fields {missing}")

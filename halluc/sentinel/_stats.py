@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from halluc.runs import read_jsonl
+from halluc.records import read_records
 from halluc.sentinel._store import IMAGES, PAIRS
 
 __all__ = ["pair_stats"]
@@ -19,8 +19,8 @@ def pair_stats(run_dir: Path) -> dict[str, Any]:
 
     ``hallucination_rate`` there is hallucinated / sentences that mention at least one object.
     """
-    images = list(read_jsonl(Path(run_dir) / IMAGES))
-    pairs = list(read_jsonl(Path(run_dir) / PAIRS))
+    images = read_records(Path(run_dir) / IMAGES)
+    pairs = read_records(Path(run_dir) / PAIRS)
     done = [rec for rec in images if "error" not in rec]
     positions: dict[int, Counter[str]] = {}
     for rec in done:
