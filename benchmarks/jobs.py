@@ -6,7 +6,6 @@ touches the model itself. Under ``accelerate launch`` every process generates it
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,9 +19,10 @@ from benchmarks.runner import GenerationSettings, Request, RunSummary, run_gener
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import InputDataError
 from halluc.imagesets import ImageSet
+from halluc.models import model_fingerprint
 from halluc.runs import RunStore, config_hash
 
-__all__ = ["CHAIR_PROMPT", "JobResult", "model_fingerprint", "run_chair", "run_pope"]
+__all__ = ["CHAIR_PROMPT", "JobResult", "run_chair", "run_pope"]
 
 CHAIR_PROMPT = DESCRIBE_PROMPT
 
@@ -32,30 +32,6 @@ class JobResult:
     store: RunStore
     metrics: dict[str, Any]
     summary: RunSummary
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_digest(files: tuple[tuple[str, int, int], ...]) -> str:
-    """SHA-256 prefix of the weight files, streamed; cached on (path, size, mtime) because every job of a suite
-    fingerprints the same multi-gigabyte checkpoint."""
-    h = hashlib.sha256()
-    for path, _size, _mtime in files:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(lvlm: Any) -> dict[str, str | None]:
-    """Model id plus a weight hash (local safetensors) or hub revision, recorded in the manifest."""
-    name = str(getattr(lvlm, "name_or_path", "") or "")
-    local = Path(name)
-    digest = None
-    if local.is_dir():
-        files = sorted(local.glob("*.safetensors"))
-        digest = _weights_digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    revision = getattr(getattr(lvlm.model, "config", None), "_commit_hash", None)
-    return {"model": name, "weights_sha256": digest, "revision": revision}
 
 
 def _open_store(out: Path, manifest: dict[str, Any], resume: bool) -> RunStore:

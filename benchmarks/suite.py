@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.jobs import model_fingerprint, run_chair, run_pope
+from benchmarks.jobs import run_chair, run_pope
 from benchmarks.runner import GenerationSettings
 from halluc.imagesets import resolve_images
+from halluc.models import model_fingerprint
 from halluc.runs import OutputLocationError, RunStore
 
 __all__ = ["CHAIR_HEADLINE", "SuiteRow", "cell_dir", "finished_metrics", "run_suite"]

@@ -384,10 +384,10 @@ def sentinel_generate(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Grow descriptions sentence by sentence and write detector-validated preference pairs (pairs.jsonl)."""
-    from benchmarks.jobs import model_fingerprint
     from detectors import CrossCheckValidator, load_detector
     from halluc.errors import ConfigError
     from halluc.imagesets import resolve_images
+    from halluc.models import model_fingerprint
     from halluc.sentinel import LVLMSentenceSource, SentinelConfig, generate_pairs
 
     specs = detector or ["toy-yolov8", "toy-yolo11"]

@@ -26,13 +26,12 @@ from typing import Any
 import torch
 
 from benchmarks.chair import REPETITION_LEGEND
-from benchmarks.jobs import model_fingerprint
 from benchmarks.suite import SuiteRow, run_suite
 from detectors import AnnotationOracle, CrossCheckValidator, load_detector
 from halluc.defaults import default_model
 from halluc.dpo import DpoSettings, load_pairs, train_dpo
 from halluc.imagesets import resolve_images
-from halluc.models import load_lvlm
+from halluc.models import load_lvlm, model_fingerprint
 from halluc.runs import atomic_write_json
 from halluc.sentinel import LVLMSentenceSource, SentinelConfig, generate_pairs
 from halluc.world import build_split

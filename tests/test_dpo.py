@@ -14,7 +14,7 @@ from tiny_models import tiny_parts
 
 from halluc.dpo import DpoSettings, build_trainer, load_pairs, preference_rows, train_dpo
 from halluc.errors import ConfigError, InputDataError
-from halluc.models import LVLM, load_lvlm
+from halluc.models import LVLM, load_lvlm, model_fingerprint
 
 pytest.importorskip("trl")
 QUESTION = "Describe this image in detail."
@@ -113,6 +113,10 @@ def test_train_saves_adapter_and_merged_model(pairs: list[dict], tmp_path: Path)
     assert merged.generate([Image.open(pairs[0]["image_path"])], [QUESTION], max_new_tokens=3)
     manifest = json.loads((tmp_path / "dpo" / "manifest.json").read_text())
     assert (manifest["job"], manifest["n_pairs"], manifest["status"]) == ("dpo", 2, "finished")
+    assert (
+        manifest["weights_sha256"] is not None
+        and manifest["weights_sha256"] == model_fingerprint(base)["weights_sha256"]
+    )
     assert result.metrics["global_step"] == 2 and "rewards/accuracies" in result.metrics["last_log"]
 
 

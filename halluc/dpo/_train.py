@@ -160,7 +160,7 @@ def train_dpo(
     ``device`` is "cpu" or "cuda" (every process of an ``accelerate launch`` takes its own GPU).
     """
     from halluc.dpo._data import preference_rows
-    from halluc.models import load_lvlm
+    from halluc.models import load_lvlm, model_fingerprint
 
     if device not in _DEVICES:
         raise ConfigError(f"unknown training device {device!r}; choose one of: {', '.join(_DEVICES)}")
@@ -174,7 +174,7 @@ def train_dpo(
     rows = preference_rows(pairs, lvlm.processor)
     manifest = {
         "job": "dpo",
-        "model": str(model),
+        **model_fingerprint(lvlm),
         **(model_info or {}),
         "settings": asdict(settings),
         "n_pairs": len(rows),

@@ -6,6 +6,7 @@ Supported families (detected from the config's ``model_type``): LLaVA-1.5 (``lla
 """
 
 from halluc.models._families import FAMILIES, FamilySpec, family_for_config, supported_model_types
+from halluc.models._fingerprint import model_fingerprint
 from halluc.models._hooks import GenerationHook, SupportsApply
 from halluc.models._inputs import PreparedBatch
 from halluc.models._loading import load_lvlm, parse_dtype
@@ -20,6 +21,7 @@ __all__ = [
     "SupportsApply",
     "family_for_config",
     "load_lvlm",
+    "model_fingerprint",
     "parse_dtype",
     "supported_model_types",
 ]
