@@ -285,8 +285,7 @@ def _continuation_inputs(
     """Model inputs for the (left-padded) prompts followed by ``answers`` (right-padded), and the answer ids."""
     prompt_ids = batch.inputs["input_ids"]
     rows, width = prompt_ids.shape[0], max(1, max(len(a) for a in answers))
-    pad = lvlm.processor.tokenizer.pad_token_id or 0
-    answer_ids = torch.full((rows, width), pad, dtype=prompt_ids.dtype, device=prompt_ids.device)
+    answer_ids = torch.full((rows, width), lvlm.pad_token_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
     answer_mask = torch.zeros_like(answer_ids)
     for row, answer in enumerate(answers):
         answer_ids[row, : len(answer)] = torch.tensor(list(answer), dtype=prompt_ids.dtype)

@@ -1,21 +1,32 @@
-"""Training-free hallucination interventions behind one API.
+"""Training-free hallucination interventions behind one API, and the public API to write new ones.
+
+Use:
 
     with interventions.apply(lvlm, VHR(alpha=2.0), PAI()):
         replies = lvlm.generate(images, prompts)
 
-    lvlm.generate(images, prompts, intervention=parse_intervention("vhr:alpha=2"))
+    lvlm.generate(images, prompts, intervention=["vhr:alpha=2", PAI()])   # instances, spec strings, or a list
 
     @intervene(TokenEmphasis())
     def caption(lvlm, images): ...
 
-Methods (one module each): ``VHR`` (vhr.py), ``TokenEmphasis`` (token_emphasis.py), ``PAI`` (modality.py). They
-share three mechanisms, each in its own module: a registered attention function for score edits
-(``_attention``), ``o_proj`` pre-hooks for per-head edits (``_heads``), and a logits processor with a text-only
-branch (``_contrastive``). ``analyse_heads`` (analysis.py) measures VHD and image attention per head.
+Methods (one module each): ``VHR`` (vhr.py), ``TokenEmphasis`` (token_emphasis.py), ``PAI`` (modality.py).
+
+Extend (docs/extending.md has a worked example): subclass ``Intervention`` (a frozen dataclass; ``check`` validates,
+``install`` attaches), decorate it with ``register``, and install one or more of the shared mechanisms, each in
+its own public module:
+
+* ``row_edit``: attention-score edits ``a + s|a|`` on the generating row (``RowEdit``, ``add_row_edit``);
+* ``head_edit``: per-head output edits before ``o_proj`` (``HeadEdit``, ``add_head_hooks``, ``scale_last_position``);
+* ``contrastive``: a text-only branch for contrastive logits (``TextOnlyBranch``, ``TextOnlyGuidance``);
+* ``GenerationHook`` subclasses told about each generate call (``add_generation_hook``), with per-sample batch
+  helpers (``image_key_mask``, ``fit``, ``paired_inputs``, ``run_prefill``), layer specs (``resolve_layers``,
+  ``scale_to_depth``) and ``owned_forward`` for auxiliary passes no other intervention may edit.
 """
 
-from interventions._attention import ATTENTION_NAME
-from interventions._base import (
+from halluc.models import GenerationHook, PreparedBatch, register_spec_parser
+from interventions.analysis import HeadReport, analyse_heads
+from interventions.base import (
     REGISTRY,
     Composite,
     Handle,
@@ -26,10 +37,17 @@ from interventions._base import (
     parse_intervention,
     register,
 )
-from interventions.analysis import HeadReport, analyse_heads
+from interventions.batching import add_generation_hook, fit, image_key_mask, paired_inputs, run_prefill
+from interventions.contrastive import TextOnlyBranch, TextOnlyGuidance
+from interventions.head_edit import HeadEdit, add_head_hooks, scale_last_position
+from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
 from interventions.modality import PAI
+from interventions.row_edit import ATTENTION_NAME, RowEdit, add_row_edit
+from interventions.scope import live, owned_forward
 from interventions.token_emphasis import TokenEmphasis, select_tokens
 from interventions.vhr import VHR, select_heads
+
+register_spec_parser(parse_intervention)
 
 __all__ = [
     "ATTENTION_NAME",
@@ -37,16 +55,35 @@ __all__ = [
     "REGISTRY",
     "VHR",
     "Composite",
+    "GenerationHook",
     "Handle",
+    "HeadEdit",
     "HeadReport",
     "Intervention",
+    "PreparedBatch",
+    "RowEdit",
+    "TextOnlyBranch",
+    "TextOnlyGuidance",
     "TokenEmphasis",
+    "add_generation_hook",
+    "add_head_hooks",
+    "add_row_edit",
     "analyse_heads",
     "apply",
+    "check_layer_spec",
+    "fit",
     "from_dict",
+    "image_key_mask",
     "intervene",
+    "live",
+    "owned_forward",
+    "paired_inputs",
     "parse_intervention",
     "register",
+    "resolve_layers",
+    "run_prefill",
+    "scale_last_position",
+    "scale_to_depth",
     "select_heads",
     "select_tokens",
 ]

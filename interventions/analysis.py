@@ -18,10 +18,10 @@ from PIL import Image
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM
-from interventions._attention import add_row_edit
-from interventions._batching import fit, image_key_mask, paired_inputs, run_prefill
-from interventions._heads import add_head_hooks
-from interventions._scope import owned_forward
+from interventions.batching import fit, image_key_mask, paired_inputs, run_prefill
+from interventions.head_edit import add_head_hooks
+from interventions.row_edit import add_row_edit
+from interventions.scope import owned_forward
 from interventions.vhr import head_divergence
 
 __all__ = ["HeadReport", "analyse_heads"]

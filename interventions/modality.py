@@ -21,12 +21,12 @@ import torch
 from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
-from halluc.models import LVLM, PreparedBatch
-from interventions._attention import add_row_edit
-from interventions._base import Handle, Intervention, register
-from interventions._batching import add_generation_hook, fit, image_key_mask
-from interventions._contrastive import TextOnlyBranch, TextOnlyGuidance
-from interventions._layers import check_layer_spec, resolve_layers, scale_to_depth
+from halluc.models import LVLM, GenerationHook, PreparedBatch
+from interventions.base import Handle, Intervention, register
+from interventions.batching import add_generation_hook, fit, image_key_mask
+from interventions.contrastive import TextOnlyBranch, TextOnlyGuidance
+from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
+from interventions.row_edit import add_row_edit
 
 __all__ = ["PAI", "pai_layers"]
 
@@ -47,7 +47,7 @@ class PAI(Intervention):
     gamma: float = 1.1
     cutoff: float = 0.1
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         """Check every value, naming the bad one."""
         if not self.alpha >= 0:
             raise ConfigError(f"pai: alpha must be >= 0, got {self.alpha!r}")
@@ -65,7 +65,7 @@ class PAI(Intervention):
         handle.on_remove(add_generation_hook(lvlm, state))
 
 
-class _Rebalance:
+class _Rebalance(GenerationHook):
     """PAI's per-call state: a ``RowEdit`` (image keys scaled by alpha) and a ``GenerationHook`` (arming, CFG)."""
 
     def __init__(self, config: PAI) -> None:

@@ -8,7 +8,7 @@ Dual-stream selection of each sample's image tokens from a saliency score per to
   local stream missed, so regions outside the global top fraction still get emphasis. Layouts without a single
   grid (tiles, anyres) use the summary tokens only.
 
-Saliency: the vision encoder's CLS-to-patch attention at the feature layer (``_vision``) when the encoder has a
+Saliency: the vision encoder's CLS-to-patch attention at the feature layer (``vision``) when the encoder has a
 class token and its patches map one-to-one onto the LM's image tokens (LLaVA-1.5). Otherwise (Qwen2-VL,
 Idefics3/SmolVLM without a CLS token; LLaVA-NeXT whose tiles do not map one-to-one) the fallback is the LM's own
 attention: per edited layer, the head-averaged attention of the prompt's last position to each image token in the
@@ -27,16 +27,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
-from halluc.models import LVLM, PreparedBatch
-from interventions._attention import add_row_edit
-from interventions._base import Handle, Intervention, register
-from interventions._batching import add_generation_hook, fit, image_key_mask
-from interventions._layers import check_layer_spec, resolve_layers
-from interventions._vision import add_cls_probe
+from halluc.models import LVLM, GenerationHook, PreparedBatch
+from interventions.base import Handle, Intervention, register
+from interventions.batching import add_generation_hook, fit, image_key_mask
+from interventions.layers import check_layer_spec, resolve_layers
 from interventions.modality import pai_layers
+from interventions.row_edit import add_row_edit
+from interventions.vision import add_cls_probe
 
 __all__ = ["TokenEmphasis", "select_tokens", "spatial_peaks"]
 
@@ -73,7 +72,7 @@ class TokenEmphasis(Intervention):
     head_specific: bool = True
     layers: str = "default"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         """Check every value, naming the bad one."""
         for name in ("local", "spatial"):
             if not getattr(self, name) >= 0:
@@ -94,7 +93,7 @@ class TokenEmphasis(Intervention):
         handle.on_remove(add_generation_hook(lvlm, state))
 
 
-class _Emphasis:
+class _Emphasis(GenerationHook):
     """Per-call state: the batch, CLS rows captured in the prefill, and each layer's strengths once measured."""
 
     def __init__(self, config: TokenEmphasis) -> None:
@@ -125,10 +124,6 @@ class _Emphasis:
         self._image_keys = image_key_mask(batch)
         self._grids = [lvlm.image_token_grid(batch, i) for i in range(len(batch))]
         self._layers, self._fitted, self._cls_selection = {}, {}, None
-
-    def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
-        """Token emphasis adds no processor."""
-        return []
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Disarm and drop the call's measurements."""

@@ -23,15 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
-from halluc.models import LVLM, PreparedBatch
-from interventions._base import Handle, Intervention, register
-from interventions._batching import add_generation_hook, fit, paired_inputs, run_prefill
-from interventions._heads import add_head_hooks, scale_last_position
-from interventions._layers import check_layer_spec, resolve_layers, scale_to_depth
-from interventions._scope import owned_forward
+from halluc.models import LVLM, GenerationHook, PreparedBatch
+from interventions.base import Handle, Intervention, register
+from interventions.batching import add_generation_hook, fit, paired_inputs, run_prefill
+from interventions.head_edit import add_head_hooks, scale_last_position
+from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
+from interventions.scope import owned_forward
 
 __all__ = ["VHR", "head_divergence", "select_heads", "vhr_layers"]
 
@@ -66,7 +65,7 @@ class VHR(Intervention):
     alpha: float = 2.0
     layers: str = "default"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         """Check every value, naming the bad one."""
         if not self.alpha >= 0:
             raise ConfigError(f"vhr: alpha must be >= 0, got {self.alpha!r}")
@@ -80,7 +79,7 @@ class VHR(Intervention):
         handle.on_remove(add_generation_hook(lvlm, state))
 
 
-class _Reinforcement:
+class _Reinforcement(GenerationHook):
     """VHR's per-call state: the head scales chosen by the paired prefill, used for the rest of the call."""
 
     def __init__(self, alpha: float) -> None:
@@ -110,10 +109,6 @@ class _Reinforcement:
                 run_prefill(lvlm, paired_inputs(lvlm, batch))
         finally:
             self.selecting = False
-
-    def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
-        """VHR adds no processor."""
-        return []
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Forget the selection, so hooks are no-ops between calls."""

@@ -29,9 +29,9 @@ from interventions import (
     select_heads,
     select_tokens,
 )
-from interventions._attention import row_edit_attention
-from interventions._layers import resolve_layers
+from interventions.layers import resolve_layers
 from interventions.modality import pai_layers
+from interventions.row_edit import row_edit_attention
 from interventions.token_emphasis import spatial_peaks
 from interventions.vhr import _Reinforcement, head_divergence, vhr_layers
 
@@ -70,11 +70,41 @@ def test_parse_intervention(spec: str, expected: Intervention) -> None:
         ("token_emphasis:fraction=0", r"fraction must be in \(0, 1\]"),
         ("vhr:layers=1-x", r"bad layer item '1-x'"),
         ("vhr:layers=5-2", r"bad layer range '5-2'"),
+        ("vhrr:alpha=2", r"unknown intervention 'vhrr' \(did you mean 'vhr'\?\); choose one of"),
+        ("pai:alpah=1", r"unknown parameter 'alpah' \(did you mean 'alpha'\?\); valid parameters"),
+        ("vhr:alpha=inf", r"vhr: alpha=inf is not a finite number"),
+        ("vhr:alpha=1e400", r"vhr: alpha=inf is not a finite number"),
+        ("pai:gamma=nan", r"pai: gamma=nan is not a finite number"),
+        ("token_emphasis:local=-inf", r"token_emphasis: local=-inf is not a finite number"),
     ],
 )
 def test_parse_errors_name_the_value_and_the_options(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_intervention(spec)
+
+
+def test_non_finite_values_are_rejected_from_python_and_json_too() -> None:
+    with pytest.raises(ConfigError, match="alpha=inf is not a finite number"):
+        VHR(alpha=float("inf"))
+    with pytest.raises(ConfigError, match="gamma=nan is not a finite number"):
+        from_dict({"name": "pai", "gamma": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("config", "spec"),
+    [
+        (VHR(), "vhr"),
+        (VHR(alpha=2.5, layers="0+18-31"), "vhr:alpha=2.5,layers=0+18-31"),
+        (PAI(alpha=0.2, cfg=True, cutoff=0.05), "pai:alpha=0.2,cfg=true,cutoff=0.05"),
+        (
+            TokenEmphasis(fraction=1 / 3, head_specific=False),
+            "token_emphasis:fraction=0.3333333333333333,head_specific=false",
+        ),
+    ],
+)
+def test_to_spec_is_the_inverse_of_parse(config: Intervention, spec: str) -> None:
+    assert config.to_spec() == spec
+    assert parse_intervention(spec) == config
 
 
 def test_json_round_trip() -> None:
@@ -180,8 +210,14 @@ def test_apply_removes_its_handles_on_error_and_rejects_non_configs() -> None:
     with pytest.raises(ConfigError, match="layer 7 in '7' is out of range"), apply(lvlm, PAI(), VHR(layers="7")):
         pass
     assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
-    with pytest.raises(ConfigError, match="expected Intervention configs, got str"), apply(lvlm, "vhr"):
+    with (
+        pytest.raises(ConfigError, match="expected Intervention configs or spec strings, got int: 42"),
+        apply(lvlm, PAI(), 42),
+    ):
         pass
+    assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []  # rejected before PAI attached
+    with apply(lvlm, "vhr:alpha=3") as handles:
+        assert [h.name for h in handles] == ["vhr"]
 
 
 def test_attach_failure_undoes_the_partial_install() -> None:

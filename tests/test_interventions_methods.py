@@ -18,11 +18,11 @@ from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM, PreparedBatch
-from interventions import PAI, VHR, Intervention, TokenEmphasis, _attention, analyse_heads, apply
-from interventions._batching import paired_inputs
-from interventions._contrastive import TextOnlyBranch, TextOnlyGuidance
-from interventions._vision import add_cls_probe, feature_attention
+from interventions import PAI, VHR, Intervention, TokenEmphasis, analyse_heads, apply, row_edit
+from interventions.batching import paired_inputs
+from interventions.contrastive import TextOnlyBranch, TextOnlyGuidance
 from interventions.modality import pai_layers
+from interventions.vision import add_cls_probe, feature_attention
 
 torch.set_num_threads(1)
 
@@ -101,8 +101,8 @@ def test_identity_strength_runs_the_edit_and_leaves_the_logits(
         edited.append(scores)
         return attend_row(scores, value)
 
-    attend_row = _attention.attend_row
-    monkeypatch.setattr(_attention, "attend_row", spy)
+    attend_row = row_edit.attend_row
+    monkeypatch.setattr(row_edit, "attend_row", spy)
     after = logits(lvlm, batch, IDENTITY[method])
     assert len(edited) == STEPS * len(pai_layers(lvlm.num_layers)), "the edit must run on every layer and step"
     assert torch.allclose(after, before, atol=1e-5), "an identity edit changed the model"

@@ -175,7 +175,7 @@ class ForceToken(LogitsProcessor):
         return forced
 
 
-class RecordingHook:
+class RecordingHook(GenerationHook):
     """A GenerationHook that forces a token and records the calls it receives."""
 
     def __init__(self, token_id: int) -> None:
@@ -197,7 +197,6 @@ def test_generation_hooks_are_called() -> None:
     lvlm = build_tiny("llava")
     token_id = lvlm.processor.tokenizer.convert_tokens_to_ids("a")
     hook = RecordingHook(token_id)
-    assert isinstance(hook, GenerationHook)
     batch = lvlm.prepare(MIXED_IMAGES, PROMPTS)
     lvlm.generation_hooks.append(hook)
     try:
@@ -209,6 +208,17 @@ def test_generation_hooks_are_called() -> None:
     assert (forced == token_id).all()
     assert hook.calls == ["start:3", "processors", "end"] * 2  # end also runs when generation fails
     assert not (lvlm.generate_ids(batch, max_new_tokens=3) == token_id).all()
+
+
+def test_the_generation_hook_base_is_a_no_op() -> None:
+    lvlm = build_tiny("llava")
+    batch = lvlm.prepare(MIXED_IMAGES, PROMPTS)
+    plain = lvlm.generate_ids(batch, max_new_tokens=3)
+    lvlm.generation_hooks.append(GenerationHook())
+    try:
+        assert torch.equal(lvlm.generate_ids(batch, max_new_tokens=3), plain)
+    finally:
+        lvlm.generation_hooks.clear()
 
 
 class _Boom(LogitsProcessor):

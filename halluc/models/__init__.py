@@ -7,7 +7,7 @@ Supported families (detected from the config's ``model_type``): LLaVA-1.5 (``lla
 
 from halluc.models._families import FAMILIES, FamilySpec, family_for_config, supported_model_types
 from halluc.models._fingerprint import model_fingerprint
-from halluc.models._hooks import GenerationHook, SupportsApply
+from halluc.models._hooks import GenerationHook, InterventionArg, SupportsApply, register_spec_parser
 from halluc.models._inputs import PreparedBatch
 from halluc.models._loading import load_lvlm, parse_dtype
 from halluc.models._lvlm import LVLM
@@ -17,11 +17,13 @@ __all__ = [
     "LVLM",
     "FamilySpec",
     "GenerationHook",
+    "InterventionArg",
     "PreparedBatch",
     "SupportsApply",
     "family_for_config",
     "load_lvlm",
     "model_fingerprint",
     "parse_dtype",
+    "register_spec_parser",
     "supported_model_types",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedConfig,
 
 from halluc.errors import ConfigError, ModelLoadError
 from halluc.models._families import FamilySpec, family_for_config
-from halluc.models._hooks import GenerationHook, SupportsApply
+from halluc.models._hooks import GenerationHook, InterventionArg, applied
 from halluc.models._inputs import PreparedBatch, build_batch, check_inputs
 
 __all__ = ["LVLM"]
@@ -110,6 +110,14 @@ class LVLM:
         """Width of one attention head."""
         return int(getattr(self.text_config, "head_dim", None) or self.hidden_size // self.num_heads)
 
+    @property
+    def pad_token_id(self) -> int:
+        """The id generation pads with: the generation config's, else the tokenizer's, else 0."""
+        for candidate in (self.model.generation_config.pad_token_id, self.processor.tokenizer.pad_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
     def attention(self, layer: int) -> nn.Module:
         """The self-attention module of decoder layer ``layer`` (negative indices count from the end)."""
         if not -self.num_layers <= layer < self.num_layers:
@@ -179,21 +187,22 @@ class LVLM:
         max_new_tokens: int = 64,
         do_sample: bool = False,
         logits_processor: Sequence[LogitsProcessor] | None = None,
-        intervention: SupportsApply | None = None,
+        intervention: InterventionArg = None,
         **generation_kwargs: Any,
     ) -> torch.LongTensor:
         """Run ``model.generate`` on a prepared batch and return only the new tokens, ``[batch, new]``.
 
-        Each hook in ``generation_hooks`` is started first, may add logits processors, and is always ended.
+        ``intervention``: an Intervention, a spec string such as ``"vhr:alpha=2"``, or a list of them (applied in
+        order for this call). Each hook in ``generation_hooks`` is started first, may add logits processors, and is
+        always ended.
         """
-        with intervention.apply(self) if intervention is not None else nullcontext(), ExitStack() as ended:
+        with applied(self, intervention), ExitStack() as ended:
             processors = LogitsProcessorList(logits_processor or [])
             for hook in list(self.generation_hooks):
                 hook.on_generate_start(self, batch)
                 ended.callback(hook.on_generate_end, self)
                 processors.extend(hook.logits_processors(self, batch))
-            if self.model.generation_config.pad_token_id is None:
-                generation_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
+            generation_kwargs.setdefault("pad_token_id", self.pad_token_id)
             output = self.model.generate(
                 **batch.inputs,
                 max_new_tokens=max_new_tokens,
@@ -212,16 +221,19 @@ class LVLM:
         do_sample: bool = False,
         batch_size: int | None = None,
         logits_processor: Sequence[LogitsProcessor] | None = None,
-        intervention: SupportsApply | None = None,
+        intervention: InterventionArg = None,
         **generation_kwargs: Any,
     ) -> list[str]:
-        """Generate a reply per (image, prompt) in chunks of ``batch_size``; returns decoded new text, stripped."""
+        """Generate a reply per (image, prompt) in chunks of ``batch_size``; returns decoded new text, stripped.
+
+        ``intervention`` is attached once around all chunks (see ``generate_ids`` for what it accepts).
+        """
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer or None (one batch), got {batch_size}")
         check_inputs(images, prompts)  # fail before any chunk runs
         step = batch_size or len(prompts)
         replies: list[str] = []
-        with intervention.apply(self) if intervention is not None else nullcontext():
+        with applied(self, intervention):
             for start in range(0, len(prompts), step):
                 batch = self.prepare(images[start : start + step], prompts[start : start + step])
                 new_ids = self.generate_ids(

@@ -114,17 +114,11 @@ class LVLMSentenceSource:
             num_return_sequences=self.config.n_samples,
             max_new_tokens=self.config.max_sentence_tokens,
             stopping_criteria=StoppingCriteriaList([SentenceEnd(self._ends)]),
-            **self._pad_kwargs(),
+            pad_token_id=self.lvlm.pad_token_id,
         )
         new_ids = output[:, inputs["input_ids"].shape[1] :].tolist()  # [contexts * n_samples, new]
         samples = [self._decode(row) for row in new_ids]
         return [samples[i : i + self.config.n_samples] for i in range(0, len(samples), self.config.n_samples)]
-
-    def _pad_kwargs(self) -> dict[str, int]:
-        """The tokenizer's pad id when the model's generation config names none (as ``LVLM.generate_ids`` does)."""
-        if self.lvlm.model.generation_config.pad_token_id is not None:
-            return {}
-        return {"pad_token_id": self.lvlm.processor.tokenizer.pad_token_id}
 
     def _decode(self, row: list[int]) -> Sample:
         """Decode one generated row up to its stop (what follows is padding) into a Sample."""

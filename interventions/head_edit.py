@@ -3,7 +3,7 @@
 The input of ``o_proj`` is the concatenation of the heads' outputs, ``[batch, seq, heads * head_dim]``, for every
 attention implementation (eager, SDPA, flash, ours), so splitting it into ``[batch, seq, heads, head_dim]`` gives
 each head's output before it is mixed back into the residual stream. A ``HeadEdit`` sees that view and returns a
-replacement (or None to leave it); hooks only act when their owner is live (see ``_scope``).
+replacement (or None to leave it); hooks only act when their owner is live (see ``scope``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from halluc.models import LVLM
-from interventions._scope import live
+from interventions.scope import live
 
 __all__ = ["HeadEdit", "add_head_hooks", "scale_last_position"]
 

@@ -56,12 +56,11 @@ def paired_inputs(lvlm: LVLM, batch: PreparedBatch) -> dict[str, torch.Tensor]:
     image = batch.inputs
     text = lvlm.text_only(batch).inputs
     sequence_shape = image["input_ids"].shape
-    pad_id = lvlm.processor.tokenizer.pad_token_id or 0
     paired: dict[str, torch.Tensor] = {}
     for name, value in image.items():
         if value.dim() == 2 and value.shape == sequence_shape:
             twin = text[name] if name in text else torch.zeros_like(text["input_ids"])
-            fill = pad_id if name == "input_ids" else 0
+            fill = lvlm.pad_token_id if name == "input_ids" else 0
             paired[name] = torch.cat([value, _left_pad(twin.to(value.dtype), sequence_shape[1], fill)])
         elif lvlm.family.nested_images:
             paired[name] = torch.cat([value, torch.zeros_like(value)])
@@ -72,10 +71,7 @@ def paired_inputs(lvlm: LVLM, batch: PreparedBatch) -> dict[str, torch.Tensor]:
 
 def run_prefill(lvlm: LVLM, inputs: dict[str, torch.Tensor]) -> None:
     """One prefill forward through ``model.generate`` (which builds position ids and M-RoPE for every family)."""
-    pad_id = lvlm.model.generation_config.pad_token_id
-    if pad_id is None:
-        pad_id = lvlm.processor.tokenizer.pad_token_id
-    lvlm.model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=pad_id)
+    lvlm.model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=lvlm.pad_token_id)
 
 
 def add_generation_hook(lvlm: LVLM, hook: GenerationHook) -> Callable[[], None]:

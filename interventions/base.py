@@ -1,16 +1,20 @@
 """Intervention configs and their lifecycle: registry, JSON and CLI forms, handles, and the one cleanup path.
 
-An intervention is a small frozen dataclass of JSON primitives with a registry ``name``. ``attach(lvlm)`` installs
-its machinery and returns a ``Handle`` whose ``remove()`` undoes exactly that, once. ``apply(lvlm, *configs)`` is
-the only place that pairs the two (registering inside ``try``, removing its own handles in ``finally``); the
-``@intervene`` decorator, ``Composite`` and ``LVLM.generate(..., intervention=...)`` all go through it.
+An intervention is a small frozen dataclass of JSON primitives with a registry ``name``. Construction rejects
+non-finite numbers, then runs the subclass's ``check()``. ``attach(lvlm)`` runs ``install`` and returns a
+``Handle`` whose ``remove()`` undoes exactly that, once. ``apply(lvlm, *configs)`` is the only place that pairs the
+two (registering inside ``try``, removing its own handles in ``finally``); the ``@intervene`` decorator,
+``Composite`` and ``LVLM.generate(..., intervention=...)`` all go through it. ``to_spec()`` and
+``parse_intervention`` convert to and from the CLI form (``"vhr:alpha=2"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, ParamSpec, TypeVar, get_type_hints
@@ -52,10 +56,19 @@ def register(name: str) -> Callable[[type[I]], type[I]]:
     return decorate
 
 
+def _did_you_mean(given: object, valid: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or nothing when none is close."""
+    close = difflib.get_close_matches(given, valid, n=1) if isinstance(given, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _lookup(name: object) -> type[Intervention]:
-    """The registered class for ``name``, or a ConfigError listing the valid names."""
+    """The registered class for ``name``, or a ConfigError suggesting the closest name and listing the valid ones."""
     if not isinstance(name, str) or name not in REGISTRY:
-        raise ConfigError(f"unknown intervention {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+        valid = sorted(REGISTRY)
+        raise ConfigError(
+            f"unknown intervention {name!r}{_did_you_mean(name, valid)}; choose one of: {', '.join(valid)}"
+        )
     return REGISTRY[name]
 
 
@@ -92,6 +105,17 @@ class Intervention:
 
     name: ClassVar[str] = ""
 
+    def __post_init__(self) -> None:
+        """Reject non-finite numbers (an infinite strength empties every caption), then run ``check()``."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{self.name}: {field.name}={value!r} is not a finite number")
+        self.check()
+
+    def check(self) -> None:
+        """Validate field values, raising ConfigError naming the bad one; subclasses override it."""
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Install this method's machinery on ``lvlm``, recording each undo step on ``handle`` as it goes."""
         raise NotImplementedError(f"{type(self).__name__} must implement install()")
@@ -117,6 +141,27 @@ class Intervention:
     def to_json(self) -> str:
         """The config as one JSON object."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_spec(self) -> str:
+        """The CLI form, inverse of ``parse_intervention``: the name, then each field that differs from its default."""
+        items = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value == field.default:
+                continue
+            text = (
+                str(value).lower()
+                if isinstance(value, bool)
+                else repr(value)
+                if isinstance(value, float)
+                else str(value)
+            )
+            if "," in text or text != text.strip():
+                raise ConfigError(
+                    f"{self.name}: {field.name}={text!r} cannot be written as a spec (comma or edge spaces)"
+                )
+            items.append(f"{field.name}={text}")
+        return self.name + (":" + ",".join(items) if items else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,21 +191,23 @@ class Composite:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def _flatten(configs: tuple[Intervention | Composite, ...]) -> list[Intervention]:
-    """Composites expanded into their parts; anything else is rejected before attaching."""
+def _flatten(configs: tuple[Intervention | Composite | str, ...]) -> list[Intervention]:
+    """Composites expanded into their parts and spec strings parsed; anything else is rejected before attaching."""
     flat: list[Intervention] = []
     for config in configs:
-        if isinstance(config, Composite):
+        if isinstance(config, str):
+            flat.append(parse_intervention(config))
+        elif isinstance(config, Composite):
             flat.extend(config.parts)
         elif isinstance(config, Intervention):
             flat.append(config)
         else:
-            raise ConfigError(f"expected Intervention configs, got {type(config).__name__}: {config!r}")
+            raise ConfigError(f"expected Intervention configs or spec strings, got {type(config).__name__}: {config!r}")
     return flat
 
 
 @contextmanager
-def apply(lvlm: LVLM, *configs: Intervention | Composite) -> Iterator[list[Handle]]:
+def apply(lvlm: LVLM, *configs: Intervention | Composite | str) -> Iterator[list[Handle]]:
     """Attach ``configs`` for the block, then remove exactly these handles (newest first), even on error.
 
     Nesting-safe: an inner block never touches an outer block's hooks. The attention implementation is shared and
@@ -177,7 +224,7 @@ def apply(lvlm: LVLM, *configs: Intervention | Composite) -> Iterator[list[Handl
             handle.remove()
 
 
-def intervene(*configs: Intervention | Composite) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def intervene(*configs: Intervention | Composite | str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator running a function whose first argument is the LVLM with ``configs`` applied for the call."""
     _flatten(configs)  # fail at decoration time, not at the first call
 
@@ -215,12 +262,20 @@ def _from_text(cls: type[Intervention], key: str, text: str, kind: type) -> obje
     raise ConfigError(f"{cls.name}: {key}={text!r} is not a valid {kind.__name__}")
 
 
+def _check_key(cls: type[Intervention], key: str, types: dict[str, type]) -> None:
+    """A ConfigError suggesting the closest parameter and listing the valid ones when ``key`` is not a field."""
+    if key not in types:
+        valid = list(types)
+        raise ConfigError(
+            f"{cls.name}: unknown parameter {key!r}{_did_you_mean(key, valid)}; valid parameters: {', '.join(valid)}"
+        )
+
+
 def _build(cls: type[Intervention], values: dict[str, object]) -> Intervention:
-    """Instantiate ``cls`` after checking that every key is a field (unknown keys list the valid ones)."""
+    """Instantiate ``cls`` after checking that every key is a field."""
     types = _field_types(cls)
     for key in values:
-        if key not in types:
-            raise ConfigError(f"{cls.name}: unknown parameter {key!r}; valid parameters: {', '.join(types)}")
+        _check_key(cls, key, types)
     return cls(**values)
 
 
@@ -234,8 +289,7 @@ def parse_intervention(spec: str) -> Intervention:
         key, sep, text = (s.strip() for s in item.partition("="))
         if not sep:
             raise ConfigError(f"{cls.name}: expected key=value, got {item!r} in {spec!r}")
-        if key not in types:
-            raise ConfigError(f"{cls.name}: unknown parameter {key!r}; valid parameters: {', '.join(types)}")
+        _check_key(cls, key, types)
         values[key] = _from_text(cls, key, text, types[key])
     return _build(cls, values)
 

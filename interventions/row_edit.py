@@ -26,7 +26,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from halluc.models import LVLM
-from interventions._scope import live
+from interventions.scope import live
 
 __all__ = ["ATTENTION_NAME", "RowEdit", "add_row_edit", "attend_row", "last_row_scores", "row_edit_attention"]
 

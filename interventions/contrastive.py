@@ -15,7 +15,7 @@ from transformers import Cache, LogitsProcessor
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM, PreparedBatch
-from interventions._scope import owned_forward
+from interventions.scope import owned_forward
 
 __all__ = ["TextOnlyBranch", "TextOnlyGuidance"]
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from halluc.models import LVLM
-from interventions._scope import live
+from interventions.scope import live
 
 __all__ = ["add_cls_probe", "cls_attention", "feature_attention"]
 
