@@ -28,6 +28,7 @@ from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
 from halluc.objects import Mode, categories, extract_mentions, split_sentences
+from halluc.prompts import existence_question
 
 __all__ = [
     "ImageId",
@@ -42,7 +43,6 @@ __all__ = [
     "implicit_raw",
     "judge_objects",
     "mean",
-    "question_for",
     "sentences_of",
     "softmax_weights",
     "weighted_mean",
@@ -191,11 +191,6 @@ def answer_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     return sorted(yes - shared), sorted(no - shared)
 
 
-def question_for(obj: str) -> str:
-    """The implicit question about one object."""
-    return f"Is there {'an' if obj[:1] in 'aeiou' else 'a'} {obj} in the image?"
-
-
 class _FirstScores(LogitsProcessor):
     """Records the scores it is shown at the first generation step and returns them unchanged."""
 
@@ -243,7 +238,7 @@ def judge_objects(
     with intervention.apply(lvlm) if intervention is not None else nullcontext():
         for start in range(0, len(objects), batch_size):
             stop = start + batch_size
-            batch = lvlm.prepare(list(images[start:stop]), [question_for(o) for o in objects[start:stop]])
+            batch = lvlm.prepare(list(images[start:stop]), [existence_question(o) for o in objects[start:stop]])
             raw, final = _FirstScores(), _FirstScores()
             hook = _LastProcessor(final)
             lvlm.generation_hooks.append(hook)

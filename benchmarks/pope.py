@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from benchmarks.chair import PathLike, load_coco, read_records
 from halluc.errors import ConfigError, InputDataError, OutputLocationError
+from halluc.prompts import existence_question
 
 __all__ = [
     "DEFAULT_SUFFIX",
@@ -55,12 +56,6 @@ class PopeQuestion:
         """The official JSON-lines record ``{question_id, image, text, label}``."""
         label = None if self.label is None else ("yes" if self.label else "no")
         return {"question_id": self.question_id, "image": self.image, "text": self.text, "label": label}
-
-
-def _question_text(name: str) -> str:
-    """The official question wording with "a"/"an" chosen by the object's first letter."""
-    article = "an" if name[:1].lower() in "aeiou" else "a"
-    return f"Is there {article} {name} in the image?"
 
 
 def _ranked(scores: Mapping[str, int], tie_break: Mapping[str, int]) -> list[str]:
@@ -128,7 +123,7 @@ def build_pope(
         for split, questions in splits.items():
             pairs = zip_longest([(p, True) for p in positives], [(n, False) for n in negatives[split]])
             for name, label in (q for q in chain.from_iterable(pairs) if q is not None):
-                questions.append(PopeQuestion(len(questions) + 1, file_name, _question_text(name), label, split))
+                questions.append(PopeQuestion(len(questions) + 1, file_name, existence_question(name), label, split))
     return splits
 
 

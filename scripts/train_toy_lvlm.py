@@ -50,11 +50,11 @@ from transformers import (
 
 from benchmarks.pope import DEFAULT_SUFFIX, pope_prompt
 from halluc.defaults import DESCRIBE_PROMPT
+from halluc.prompts import existence_question
 from halluc.world import build_split, image_dir
 from halluc.world.captions import describe
 from halluc.world.layout import sample_layout
 
-QUESTION = "Is there a{n} {obj} in the image?"
 IMAGE_TOKEN = "<image>"
 TEXT_STREAM = 5  # seed stream of the text corpus (the world's splits use 1-4)
 # LLaVA-1.5 style conversation: "USER: <image>\n{prompt} ASSISTANT: {answer}</s>"
@@ -114,10 +114,6 @@ class Example:
     answer: str
 
 
-def article(word: str) -> str:
-    return "n" if word[0] in "aeiou" else ""
-
-
 def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the world's captions and questions (decodes back to exact text)."""
     tok = Tokenizer(models.BPE())
@@ -144,7 +140,7 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 def tokenizer_corpus(caption_records: list[dict], vocabulary: list[str]) -> list[str]:
     """Every caption, plus each prompt and answer once: the merges come from the captions, and the prompts and
     answers are spelled with them."""
-    questions = [QUESTION.format(n=article(o), obj=o) for o in vocabulary]
+    questions = [existence_question(o) for o in vocabulary]
     captions = [record["caption"] for record in caption_records]
     return [*captions, DESCRIBE_PROMPT, DEFAULT_SUFFIX, "Yes", "No", *questions]
 
@@ -262,7 +258,7 @@ def make_examples(data: TrainingData, phase: Phase, batch_size: int, seed: int) 
             positive = rng.random() < 0.5
             obj = rng.choice(present if positive else absent)
             suffix = DEFAULT_SUFFIX if rng.random() < 0.5 else ""  # POPE's exact prompt half of the time
-            prompt = pope_prompt(QUESTION.format(n=article(obj), obj=obj), suffix)
+            prompt = pope_prompt(existence_question(obj), suffix)
             examples.append(Example(idx, prompt, "Yes" if positive else "No"))
     n_text = round(len(examples) * phase.text_share / (1 - phase.text_share))
     examples += [Example(None, DESCRIBE_PROMPT, text) for text in rng.sample(data.texts, min(n_text, len(data.texts)))]

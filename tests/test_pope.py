@@ -19,6 +19,8 @@ from benchmarks.pope import (
     write_questions,
 )
 from halluc.errors import ConfigError, InputDataError
+from halluc.prompts import existence_question
+from halluc.world import world_categories
 
 REAL = Path(__file__).parent / "fixtures" / "realdata" / "pope"
 
@@ -241,3 +243,13 @@ def test_loader_variants(tmp_path: Path) -> None:
         load_questions(tmp_path / "bad.jsonl")
     with pytest.raises(ConfigError, match="'hard'.*random, popular, adversarial"):
         load_questions(tmp_path / "array.json", split="hard")
+
+
+def test_existence_question_wording_is_the_one_the_toy_model_was_trained_on() -> None:
+    assert existence_question("apple") == "Is there an apple in the image?"
+    assert existence_question("Umbrella") == "Is there an Umbrella in the image?"
+    assert existence_question("dining table") == "Is there a dining table in the image?"
+    for name in (c["name"] for c in world_categories()):  # the training script's former template, verbatim
+        assert existence_question(name) == "Is there a{n} {obj} in the image?".format(
+            n="n" if name[0] in "aeiou" else "", obj=name
+        )
