@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -187,6 +188,30 @@ def _demo_systems() -> dict[str, object]:
     return systems
 
 
+def demo_tables(rows: list) -> list[Table]:
+    """One table per image set, each within 80 columns: CHAIR (with the repetition checks) and POPE, in %."""
+    from benchmarks.chair import degenerate_setting
+
+    tables: dict[str, Table] = {}
+    for row in rows:
+        f = row.flat()
+        if f["images"] not in tables:
+            tables[f["images"]] = Table(
+                "system", "CHs", "CHi", "CHi-d", "recall", "men/cap", "degen%", "POPE r/p/a", "F1",
+                title=f"{f['images']}: CHAIR and POPE accuracy (r/p/a) in %",
+                box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True,
+            )  # fmt: skip
+        tables[f["images"]].add_row(
+            f["system"],
+            *(f"{100 * f[k]:.1f}" for k in ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall")),
+            f"{f['mentions_per_caption']:.1f}",
+            f"{100 * f['degenerate_share']:.0f}" + ("!" if degenerate_setting(f) else ""),
+            "/".join(f"{100 * f[f'pope_{s}_acc']:.1f}" for s in ("random", "popular", "adversarial")),
+            f"{100 * f['pope_f1']:.1f}",
+        )
+    return list(tables.values())
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Directory for the demo's runs.")] = Path("runs/demo"),
@@ -196,7 +221,7 @@ def demo(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Main job on the embedded default: baseline vs every intervention, CHAIR and POPE on toy val and shift."""
-    from benchmarks.chair import REPETITION_LEGEND, degenerate_setting
+    from benchmarks.chair import REPETITION_LEGEND
     from benchmarks.suite import run_suite
 
     lvlm = _load_model("", device, "auto", False)
@@ -209,22 +234,8 @@ def demo(
         pope_images=pope_images,
         batch_size=batch_size,
     )
-    table = Table(
-        "system", "images", "CHs", "CHi", "CHi-d", "recall", "men/cap", "degen%",
-        "POPE\nrand", "POPE\npop", "POPE\nadv", "POPE\nF1",
-    )  # fmt: skip
-    for row in rows:
-        f = row.flat()
-        table.add_row(
-            f["system"],
-            f["images"],
-            *(f"{100 * f[k]:.1f}" for k in ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall")),
-            f"{f['mentions_per_caption']:.1f}",
-            f"{100 * f['degenerate_share']:.0f}" + ("!" if degenerate_setting(f) else ""),
-            *(f"{100 * f[f'pope_{s}_acc']:.1f}" for s in ("random", "popular", "adversarial")),
-            f"{100 * f['pope_f1']:.1f}",
-        )
-    _print_table(table)
+    for table in demo_tables(rows):
+        console.print(table)
     console.print(REPETITION_LEGEND)
     console.print(f"runs written under [bold]{out}[/]; browse them with: halluc dashboard --runs {out}")
 
