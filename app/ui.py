@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from app import data
 from app.artifacts import Detection
 from halluc.errors import HallucError
+from halluc.imagesets import load_image
 from halluc.objects import extract_mentions
 
 __all__ = [
@@ -126,8 +127,7 @@ def draw_boxes(
     dets: Sequence[Detection] = (),
 ) -> Image.Image:
     """The image scaled up for display, with ground-truth boxes (green, COCO xywh) and detector boxes (orange)."""
-    with Image.open(path) as img:
-        image = img.convert("RGB")
+    image = load_image(path)
     scale = _DISPLAY_SIDE / max(image.size)
     resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BILINEAR
     image = image.resize((round(image.width * scale), round(image.height * scale)), resample)

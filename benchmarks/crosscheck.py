@@ -72,9 +72,9 @@ from benchmarks.consistency import (
 )
 from benchmarks.detector_chair import correlations
 from benchmarks.jobs import CHAIR_PROMPT, _execute, run_chair
-from benchmarks.runner import GenerationSettings, Request, load_image
+from benchmarks.runner import GenerationSettings, Request
 from halluc.errors import ConfigError, OutputLocationError
-from halluc.imagesets import ImageSet
+from halluc.imagesets import ImageSet, load_image
 from halluc.objects import Mode, categories
 from halluc.runs import RunStore, atomic_write_json, config_hash
 

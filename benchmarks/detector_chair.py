@@ -26,9 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from benchmarks.runner import load_image
 from detectors.crosscheck import CrossCheckValidator, Status, Verdict
 from halluc.errors import InputDataError
+from halluc.imagesets import load_image
 from halluc.objects import Mode, extract_mentions
 from halluc.runs import RunStore
 

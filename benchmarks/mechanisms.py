@@ -40,10 +40,9 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from benchmarks import chair
-from benchmarks.runner import load_image
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import ConfigError
-from halluc.imagesets import ImageSet
+from halluc.imagesets import ImageSet, load_image
 from halluc.models import LVLM, PreparedBatch
 from halluc.objects import split_sentences
 from halluc.world import scene_types, world_categories

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
+from halluc.errors import InputDataError
+from halluc.imagesets import load_image
 from halluc.runs import RunStore
 
-__all__ = ["GenerationSettings", "Request", "RunSummary", "load_image", "run_generation"]
+__all__ = ["GenerationSettings", "Request", "RunSummary", "run_generation"]
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,6 @@ class _Distributed(Protocol):
     def wait_for_everyone(self) -> None: ...
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB, raising ValueError with the path when it is missing or corrupt."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise ValueError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
-
-
 def _distributed_state() -> _Distributed | None:
     """accelerate's process state when launched with several processes, else None."""
     from accelerate import PartialState
@@ -113,7 +104,7 @@ def run_generation(
         for req in chunk:
             try:
                 ok.append((req, load_image(req.image) if req.image else None))
-            except ValueError as exc:
+            except InputDataError as exc:
                 records[req.id] = _record(req, error=str(exc))
                 errors += 1
         if ok:

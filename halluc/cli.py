@@ -259,8 +259,7 @@ def heads(
     import torch
     from tqdm.auto import tqdm
 
-    from benchmarks.runner import load_image
-    from halluc.imagesets import resolve_images
+    from halluc.imagesets import load_image, resolve_images
     from halluc.runs import RunStore, config_hash
     from interventions import analyse_heads
 

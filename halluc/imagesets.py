@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from halluc.errors import ConfigError, InputDataError
 
-__all__ = ["TOY_SPLITS", "ImageSet", "cache_dir", "read_id_list", "resolve_images", "toy_world_root"]
+__all__ = ["TOY_SPLITS", "ImageSet", "cache_dir", "load_image", "read_id_list", "resolve_images", "toy_world_root"]
 
 # Size and seed of each embedded-world split that commands evaluate on (the train split is built by the trainer).
 TOY_SPLITS: dict[str, tuple[int, int]] = {"val": (1000, 0), "shift": (1000, 0)}
@@ -57,6 +59,17 @@ def read_id_list(path: Path) -> list[str]:
     except OSError as exc:
         raise InputDataError(f"cannot read image-id list {str(path)!r}: {exc.strerror}") from None
     return [tok for tok in (line.split("#", 1)[0].strip() for line in lines) if tok]
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB; a missing or unreadable file is an InputDataError naming the path."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise InputDataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputDataError(f"cannot read image {path}: {exc}") from None
 
 
 def toy_world_root() -> Path:

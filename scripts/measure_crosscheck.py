@@ -25,10 +25,9 @@ from pathlib import Path
 from benchmarks.chair import REPETITION_LEGEND
 from benchmarks.crosscheck import CrossCheckSettings, parse_system, run_crosscheck
 from benchmarks.detector_chair import correlations, mention_agreement, score_run, validator_agreement
-from benchmarks.runner import load_image
 from detectors import CrossCheckValidator, load_detector
 from halluc.defaults import default_model
-from halluc.imagesets import resolve_images
+from halluc.imagesets import load_image, resolve_images
 from halluc.models import load_lvlm
 from halluc.world import world_categories
 

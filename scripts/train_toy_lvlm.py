@@ -50,6 +50,7 @@ from transformers import (
 
 from benchmarks.pope import DEFAULT_SUFFIX, pope_prompt
 from halluc.defaults import DESCRIBE_PROMPT
+from halluc.imagesets import load_image
 from halluc.prompts import existence_question
 from halluc.world import build_split, image_dir
 from halluc.world.captions import describe
@@ -324,7 +325,7 @@ def pixel_tensor(processor: LlavaProcessor, root: Path, split: str, images: list
     folder = image_dir(root, split)
     chunks = []
     for start in tqdm(range(0, len(images), 512), desc=f"preprocessing {split} images"):
-        batch = [Image.open(folder / img["file_name"]).convert("RGB") for img in images[start : start + 512]]
+        batch = [load_image(folder / img["file_name"]) for img in images[start : start + 512]]
         chunks.append(processor.image_processor(batch, return_tensors="pt")["pixel_values"])
     return torch.cat(chunks)
 

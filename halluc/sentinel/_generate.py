@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
-from halluc.errors import OutputLocationError
-from halluc.imagesets import ImageSet
+from halluc.errors import InputDataError, OutputLocationError
+from halluc.imagesets import ImageSet, load_image
 from halluc.runs import RunStore, config_hash
 from halluc.sentinel._config import SentinelConfig
 from halluc.sentinel._pairs import KINDS, Candidate, StepResult, candidates, run_step
@@ -122,8 +122,7 @@ class _ImageState:
 
 def _open_image(image_id: int | str, path: str) -> Image.Image:
     """Open an image as RGB, tagged with its id (``image.info["image_id"]``, read by the annotation oracle)."""
-    with Image.open(path) as img:
-        image = img.convert("RGB")
+    image = load_image(path)
     image.info["image_id"] = image_id
     return image
 
@@ -173,8 +172,8 @@ def generate_pairs(
             image_id, path = todo.popleft()
             try:
                 active.append(_ImageState(image_id, path, _open_image(image_id, path)))
-            except (OSError, UnidentifiedImageError) as exc:
-                writer.write([], {"image_id": image_id, "image_path": path, "error": f"cannot read image: {exc}"})
+            except InputDataError as exc:
+                writer.write([], {"image_id": image_id, "image_path": path, "error": str(exc)})
                 errors += 1
                 bar.update(1)
         if not active:
