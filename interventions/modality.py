@@ -10,7 +10,8 @@ Two parts, each optional:
 
 Layers: the reference code edits 0-based layers ``range(2, 32)`` of the 32-layer LLaVA-1.5 language model, i.e. it
 leaves the first two layers alone. ``layers="default"`` scales that start to the model's depth,
-``round(2 * L / 32)`` (half up), and edits every layer from there to the last.
+``round(2 * L / 32)`` (half up) but at least 1, so a shallow model keeps an unedited first layer as every paper's
+setting does, and edits every layer from there to the last.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ __all__ = ["PAI", "pai_layers"]
 
 
 def pai_layers(num_layers: int) -> tuple[int, ...]:
-    """Default PAI layers: from ``round(2 * L / 32)`` to the last (0-based layers 2..31 of a 32-layer model)."""
-    return tuple(range(scale_to_depth(2, num_layers), num_layers))
+    """Default PAI layers: from ``max(1, round(2 * L / 32))`` to the last (0-based 2..31 of a 32-layer model)."""
+    return tuple(range(max(1, scale_to_depth(2, num_layers)), num_layers))
 
 
 @register("pai")

@@ -14,8 +14,11 @@ Generation then runs with the selection fixed: every VHR layer scales the select
 (the prompt's last position in prefill, then each new token), so the prompt's KV cache is that of the plain model
 and the selection stays the same for the whole sequence.
 
-Layers: the paper reinforces layer 1 plus the last 14 of LLaVA-1.5's 32 layers. We read "layer 1" as the first
-decoder layer (index 0) and scale the rest to depth: ``{0} + last round(14 * L / 32)`` (at least 1).
+Layers: the paper (ACL 2025, section 4.4) reinforces "the second and last 14 layers" of LLaVA-1.5's 32: 0-based
+layer 1 plus layers 18..31. The official repository (jinghan1he/VHR) could not be read here, so this follows the
+paper's text. Other depths keep layer 1 and scale the rest: ``{1} + last round(14 * L / 32)`` (at least one), so
+the first layer, which has no vision-aware heads yet, is never edited. (Before, layer 0 stood in for "layer 1";
+``layers="0+18-31"`` gives that reading back.)
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ __all__ = ["VHR", "head_divergence", "select_heads", "vhr_layers"]
 
 
 def vhr_layers(num_layers: int) -> tuple[int, ...]:
-    """Default VHR layers: the first layer plus the last ``round(14 * L / 32)`` (at least one)."""
+    """Default VHR layers: the second layer (index 1) plus the last ``round(14 * L / 32)`` (at least one)."""
     last = max(1, scale_to_depth(14, num_layers))
-    return tuple(sorted({0, *range(num_layers - last, num_layers)}))
+    return tuple(sorted({min(1, num_layers - 1), *range(num_layers - last, num_layers)}))
 
 
 def head_divergence(heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

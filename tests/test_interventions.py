@@ -123,9 +123,10 @@ def test_json_round_trip() -> None:
 
 
 def test_layer_rules_scale_to_depth() -> None:
-    assert vhr_layers(32) == (0, *range(18, 32))  # layer 1 plus the last 14
-    assert vhr_layers(4) == (0, 2, 3) and vhr_layers(2) == (0, 1)
-    assert pai_layers(32) == tuple(range(2, 32)) and pai_layers(4) == (0, 1, 2, 3)
+    assert vhr_layers(32) == (1, *range(18, 32))  # the second layer plus the last 14 (VHR paper, section 4.4)
+    assert vhr_layers(8) == (1, 4, 5, 6, 7) and vhr_layers(4) == (1, 2, 3) and vhr_layers(2) == (1,)
+    assert pai_layers(32) == tuple(range(2, 32)) and pai_layers(8) == tuple(range(1, 8))  # layer 0 never edited
+    assert pai_layers(4) == (1, 2, 3) and pai_layers(1) == ()
     assert resolve_layers("0+2-3", 4, pai_layers) == (0, 2, 3)
     assert resolve_layers("last", 4, pai_layers) == (3,)
     with pytest.raises(ConfigError, match="layer 9 in '9' is out of range; this model has layers 0..3"):
@@ -182,7 +183,7 @@ def test_handles_apply_and_nesting_restore_the_model() -> None:
     handle.remove()
     handle.remove()  # idempotent
     assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == [] and not handle.attached
-    o_proj = lvlm.o_proj(0)
+    o_proj = lvlm.o_proj(1)  # a VHR layer
     users_hook = o_proj.register_forward_pre_hook(lambda module, args: None)  # someone else's: must survive
     with apply(lvlm, VHR(), PAI()) as outer:
         assert len(outer) == 2 and len(o_proj._forward_pre_hooks) == 2
