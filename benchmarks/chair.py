@@ -42,6 +42,7 @@ import contextlib
 import gzip
 import io
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from pycocotools.coco import COCO
 
 from halluc.errors import InputDataError, OutputLocationError
 from halluc.objects import Mention, Mode, analyse
+
+_log = logging.getLogger("halluc")
 
 __all__ = [
     "DEGENERATE_REPETITION",
@@ -310,11 +313,18 @@ def score_records(records: Iterable[dict], gt: GroundTruth, *, mode: Mode = "ref
     """Score ``{image_id, caption}`` records: (aggregate metrics, JSON-ready per-caption details)."""
     scores: list[CaptionScore] = []
     details: list[dict] = []
+    captions: dict[int, str] = {}
     for n, record in enumerate(records):
         where = f"caption record {n}"
         if not isinstance(record, dict) or "image_id" not in record or "caption" not in record:
             raise InputDataError(f"{where} must be an object with 'image_id' and 'caption'; got {record!r:.200}")
         image_id = _image_id(record["image_id"], where)
+        if image_id in captions:
+            if captions[image_id] != record["caption"]:
+                raise InputDataError(f"{where}: image_id {image_id} has two different captions; keep one per image")
+            _log.warning("%s: image_id %s repeats an identical caption; scored once", where, image_id)
+            continue
+        captions[image_id] = record["caption"]
         if image_id not in gt:
             raise InputDataError(f"{where}: image_id {image_id} has no ground truth ({len(gt)} images known)")
         if not isinstance(record["caption"], str):

@@ -7,7 +7,10 @@ own shard file, and the main process merges the shards in request order, so the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,11 +18,21 @@ from typing import Any, Protocol
 from PIL import Image
 from tqdm.auto import tqdm
 
-from halluc.errors import InputDataError
+from halluc.errors import ConfigError, InputDataError
 from halluc.imagesets import load_image
 from halluc.runs import RunStore
 
-__all__ = ["GenerationSettings", "Request", "RunSummary", "run_generation"]
+__all__ = [
+    "GenerationSettings",
+    "Request",
+    "RunSummary",
+    "distributed_state",
+    "run_generation",
+    "unique_samples",
+]
+
+_log = logging.getLogger("halluc")
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -70,12 +83,55 @@ class _Distributed(Protocol):
     def wait_for_everyone(self) -> None: ...
 
 
-def _distributed_state() -> _Distributed | None:
-    """accelerate's process state when launched with several processes, else None."""
+def _launched_world_size() -> int:
+    """How many processes a launcher (torchrun, accelerate, mpirun) says this job has; 1 when not launched."""
+    for name in _WORLD_SIZE_VARS:
+        value = os.environ.get(name, "")
+        if value.strip().isdigit():
+            return int(value)
+    return 1
+
+
+def distributed_state() -> Any:
+    """accelerate's process state; under torchrun without a GPU it uses CPU processes (gloo) instead of
+    silently running one full copy per process, and a launch it still cannot follow is refused."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    world = _launched_world_size()
+    state = PartialState(cpu=world > 1 and not torch.cuda.is_available())
+    if state.num_processes != world:
+        raise ConfigError(
+            f"launched as {world} processes but accelerate sees {state.num_processes}; every process would write "
+            "the whole run. Launch with 'accelerate launch --num_processes N -m halluc.cli ...' or run one process"
+        )
+    return state
+
+
+def _distributed_state() -> _Distributed | None:
+    """accelerate's process state when launched with several processes, else None."""
+    state = distributed_state()
     return state if state.num_processes > 1 else None
+
+
+def unique_samples(records: Iterable[dict[str, Any]], *, where: str) -> list[dict[str, Any]]:
+    """Records with repeated ids removed: exact repeats are dropped with a warning, conflicting ones refused."""
+    seen: dict[str, dict[str, Any]] = {}
+    dropped = 0
+    for record in records:
+        key = str(record.get("id"))
+        if key not in seen:
+            seen[key] = record
+        elif json.dumps(seen[key], sort_keys=True, default=str) == json.dumps(record, sort_keys=True, default=str):
+            dropped += 1
+        else:
+            raise InputDataError(
+                f"{where}: conflicting records for sample id {key!r} (two writers wrote this run?); "
+                "remove the wrong one or rerun into a new --out"
+            )
+    if dropped:
+        _log.warning("%s: dropped %d duplicate sample record(s) (identical repeats of an id)", where, dropped)
+    return list(seen.values())
 
 
 def run_generation(

@@ -106,23 +106,31 @@ def chair(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Describe images and score the descriptions with CHAIR (CHAIR_s, CHAIR_i, recall, precision, F1)."""
-    from benchmarks.jobs import run_chair
+    from benchmarks.jobs import chair_ground_truth, run_chair
     from benchmarks.runner import GenerationSettings
     from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore
 
+    # every input is checked before the model loads: a typo must not cost a 7B model load
     image_set = resolve_images(images, instances=annotations, captions=captions, ids_file=image_ids, limit=limit)
+    spec = _intervention(intervention)
+    mode = "corrected" if corrected else "reference"
+    gt = chair_ground_truth(image_set, gt_file, mode)
+    run_dir = _out_dir(out, "chair")
+    RunStore.check_output(run_dir, resume=resume)
     lvlm = _load_model(model, device, dtype, trust_remote_code)
     result = run_chair(
         lvlm,
         image_set,
-        _out_dir(out, "chair"),
+        run_dir,
         settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
-        intervention=_intervention(intervention),
+        intervention=spec,
         prompt=prompt,
         gt_file=gt_file,
-        mode="corrected" if corrected else "reference",
+        mode=mode,
         seed=seed,
         resume=resume,
+        ground_truth=gt,
     )
     _report(result)
 
@@ -148,27 +156,45 @@ def pope(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Answer POPE yes/no object questions (random, popular, adversarial) and score them."""
-    from benchmarks.jobs import run_pope
+    from benchmarks.jobs import pope_questions, run_pope
     from benchmarks.pope import load_questions
     from benchmarks.runner import GenerationSettings
     from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore
 
     image_set = resolve_images(images, instances=annotations)
-    loaded = [q for path in questions for q in load_questions(path)] if questions else None
+    loaded = [q for path in questions for q in _labelled(path, load_questions(path))] if questions else None
+    checked = pope_questions(image_set, loaded, n_images=n_images, seed=seed)
+    spec = _intervention(intervention)
+    run_dir = _out_dir(out, "pope")
+    RunStore.check_output(run_dir, resume=resume)
     lvlm = _load_model(model, device, dtype, trust_remote_code)
     result = run_pope(
         lvlm,
         image_set,
-        _out_dir(out, "pope"),
-        questions=loaded,
+        run_dir,
+        questions=checked,
         n_images=n_images,
         settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
-        intervention=_intervention(intervention),
+        intervention=spec,
         strict=strict,
         seed=seed,
         resume=resume,
     )
     _report(result)
+
+
+def _labelled(path: Path, questions: list) -> list:
+    """The questions of one POPE file, refused when any lacks its yes/no label (scoring needs every one)."""
+    from halluc.errors import InputDataError
+
+    unlabelled = [q.question_id for q in questions if q.label is None]
+    if unlabelled:
+        raise InputDataError(
+            f"{str(path)!r}: {len(unlabelled)} of {len(questions)} questions have no 'label' (yes/no), e.g. "
+            f"question_id {unlabelled[:3]}; POPE scoring needs a labelled question file"
+        )
+    return questions
 
 
 def _report(result) -> None:
@@ -394,15 +420,12 @@ def sentinel_generate(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Grow descriptions sentence by sentence and write detector-validated preference pairs (pairs.jsonl)."""
-    from detectors import CrossCheckValidator, load_detector
-    from halluc.errors import ConfigError
+    from benchmarks.detector_chair import load_validator
+    from benchmarks.sentinel import run_sentinel
     from halluc.imagesets import resolve_images
-    from halluc.models import model_fingerprint
-    from halluc.sentinel import LVLMSentenceSource, SentinelConfig, generate_pairs
+    from halluc.sentinel import SentinelConfig
 
     specs = detector or ["toy-yolov8", "toy-yolo11"]
-    if len(specs) != 2:
-        raise ConfigError(f"--detector must be given exactly twice (two detectors cross-check), got {specs}")
     config = SentinelConfig(
         question=question,
         n_samples=n_samples,
@@ -415,19 +438,9 @@ def sentinel_generate(
     )
     image_set = resolve_images(images, instances=annotations, ids_file=image_ids, limit=limit)
     run_dir = _out_dir(out, "sentinel")
-    validator = CrossCheckValidator(
-        load_detector(specs[0]), load_detector(specs[1]), cache_path=run_dir / "crosscheck_cache.jsonl"
-    )
+    validator = load_validator(specs, cache_path=run_dir / "crosscheck_cache.jsonl")
     lvlm = _load_model(model, device, dtype, trust_remote_code)
-    result = generate_pairs(
-        LVLMSentenceSource(lvlm, config),
-        validator,
-        image_set,
-        run_dir,
-        config=config,
-        model_info={**model_fingerprint(lvlm), "detectors": specs},
-        resume=resume,
-    )
+    result = run_sentinel(lvlm, validator, image_set, run_dir, config=config, detectors=specs, resume=resume)
     console.print(f"run: [bold]{result.store.path}[/]  ({result.generated} images generated, {result.skipped} resumed)")
     stats = result.stats
     console.print(f"{stats['n_pairs']} pairs from {stats['n_images']} images {stats['pairs_by_type']}")
@@ -569,7 +582,7 @@ def main() -> None:
     try:
         app()
     except HallucError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
 
 

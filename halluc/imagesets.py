@@ -108,6 +108,12 @@ def resolve_images(
 ) -> ImageSet:
     """Resolve ``--images`` (``toy:val``, ``toy:shift`` or an image directory) into an ordered ``ImageSet``."""
     if spec.startswith("toy:"):
+        ignored = [flag for flag, value in (("--annotations", instances), ("--captions", captions)) if value]
+        if ignored:
+            raise ConfigError(
+                f"{' and '.join(ignored)} cannot be used with --images {spec}: the toy world brings its own "
+                "annotations; leave them out, or pass an image directory with --images"
+            )
         image_dir, instances, captions = _toy_split(spec.split(":", 1)[1])
     else:
         image_dir = Path(spec)

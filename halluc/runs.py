@@ -4,17 +4,27 @@ Layout of ``<root>/<run-id>/``:
     manifest.json   everything needed to reproduce the run (command, config, model, seed, versions, git commit, times)
     samples.jsonl   one immutable record per sample, appended and flushed as produced; resume appends new ones only
     metrics.json    written atomically (temp file + rename) once scored
+    writer.lock     held (``flock``) by the one process writing the run; names its pid, host and command
 Extra artefacts (per-caption details, heatmaps) live beside them and are also written atomically.
+
+One writer per run: a second process that opens the run for writing gets OutputLocationError naming the writer.
+The kernel drops the lock when its holder dies, so a ``kill -9`` leaves a stale lock file whose pid is no
+longer alive; the next writer reports it and takes over. :func:`run_status` tells a live run ("running") from one
+whose writer died ("interrupted") by that pid, not by the manifest alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -27,19 +37,27 @@ from halluc.errors import InputDataError, OutputLocationError
 from halluc.records import append_records, read_records, repair_tail, write_records
 
 __all__ = [
+    "LOCK",
     "MANIFEST",
     "METRICS",
+    "NOT_HASHED",
     "SAMPLES",
     "RunStore",
     "atomic_write_json",
+    "config_diff",
     "config_hash",
     "environment_info",
     "list_runs",
+    "result_config",
+    "run_status",
+    "writer_info",
 ]
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 METRICS = "metrics.json"
+LOCK = "writer.lock"
+_log = logging.getLogger("halluc")
 _TRACKED_PACKAGES = ("halluc", "torch", "transformers", "accelerate", "ultralytics", "nltk", "pycocotools")
 
 
@@ -86,45 +104,229 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+# Manifest keys that describe the run's life, not its configuration, and options that do not change results
+# (batch size, device, progress): left out of the config hash and of the resume comparison.
+_LIFECYCLE = ("environment", "started_at", "resumed_at", "finished_at", "status", "command", "config_hash", "error")
+NOT_HASHED = ("settings.batch_size", "device", "progress", "n_errors")
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def result_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The part of a manifest that changes results, flattened to dotted keys: what the config hash covers."""
+    flat = _flatten({k: v for k, v in manifest.items() if k not in _LIFECYCLE})
+    return {k: v for k, v in flat.items() if k not in NOT_HASHED}
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every result-changing option that differs between two manifests."""
+    a, b = result_config(old), result_config(new)
+    missing = object()
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if json.dumps(va, default=str, sort_keys=True) != json.dumps(vb, default=str, sort_keys=True):
+            shown = ["(absent)" if v is missing else json.dumps(v, default=str) for v in (va, vb)]
+            diffs.append(f"{key}: {shown[0]} -> {shown[1]}")
+    return diffs
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def writer_info(path: Path) -> dict[str, Any] | None:
+    """The writer named in a run directory's lock file (pid, host, started_at, command), or None."""
+    try:
+        info = json.loads((Path(path) / LOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _writer_alive(info: dict[str, Any]) -> bool | None:
+    """Whether the named writer still runs; None when it ran on another host (cannot tell from here)."""
+    if info.get("host") != socket.gethostname():
+        return None
+    pid = info.get("pid")
+    return isinstance(pid, int) and _pid_alive(pid)
+
+
+def run_status(path: Path, manifest: dict[str, Any]) -> str:
+    """The manifest's status, except that a "running" run whose writer is gone is "interrupted"."""
+    status = str(manifest.get("status", "unknown"))
+    if status != "running":
+        return status
+    info = writer_info(path)
+    return "running" if info is not None and _writer_alive(info) is not False else "interrupted"
+
+
+def _make_writable_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputLocationError(f"cannot write to output directory {str(path)!r}: {exc.strerror}") from None
+
+
+def _occupied_message(path: Path, manifest: dict[str, Any], *, locked: bool = False) -> str:
+    """The refusal to start over a run; ``locked``: we hold its lock, so a "running" one has lost its writer."""
+    status = run_status(path, manifest)
+    state = "an interrupted run" if status == "interrupted" or (locked and status == "running") else "a run"
+    return f"run directory {str(path)!r} already holds {state}; pass --resume to continue it or choose another --out"
+
+
+@dataclass
+class _WriterLock:
+    """An exclusive ``flock`` on ``<run>/writer.lock``; ``release`` removes the file, then drops the lock."""
+
+    path: Path
+    fd: int
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = -1
+        _HELD.pop(self.path, None)
+
+
+_HELD: dict[Path, _WriterLock] = {}  # locks this process holds; a newer store of the same run takes the lock over
+
+
+def _busy_message(run_dir: Path) -> str:
+    info = writer_info(run_dir) or {}
+    who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('started_at', '?')}"
+    return (
+        f"run directory {str(run_dir)!r} is being written by another process ({who}); "
+        "wait for it to finish, stop it, or choose another --out"
+    )
+
+
+def _acquire(run_dir: Path) -> tuple[_WriterLock, bool]:
+    """Take the run's writer lock (or reuse this process's); report a stale lock left by a dead writer."""
+    lock_path = run_dir.resolve() / LOCK
+    held = _HELD.get(lock_path)
+    if held is not None and held.fd >= 0:
+        return held, False
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputLocationError(f"cannot create {str(lock_path)!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputLocationError(_busy_message(run_dir)) from None
+            raise OutputLocationError(f"cannot lock {str(lock_path)!r}: {exc.strerror}") from None
+        try:
+            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the previous writer removed the file between our open and flock: lock the new one
+    previous = os.read(fd, 4096)
+    with contextlib.suppress(ValueError):
+        old = json.loads(previous) if previous.strip() else None
+        if isinstance(old, dict) and old.get("pid") != os.getpid():
+            _log.warning(
+                "run %s: its previous writer (pid %s on %s, started %s) stopped without finishing; "
+                "taking over its stale lock",
+                run_dir, old.get("pid"), old.get("host"), old.get("started_at"),
+            )  # fmt: skip
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(), "command": sys.argv}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    lock = _WriterLock(lock_path, fd)
+    _HELD[lock_path] = lock
+    return lock, True
+
+
 @dataclass
 class RunStore:
-    """A run directory: manifest, append-only samples and atomically written metrics."""
+    """A run directory: manifest, append-only samples and atomically written metrics.
+
+    A store made by :meth:`create` holds the run's writer lock until :meth:`finish` or :meth:`close` (or the
+    process ends); use it as a context manager so an exception records the run as failed and frees the lock.
+    """
 
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
+    _lock: _WriterLock | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def check_output(cls, path: Path, *, resume: bool = False) -> None:
+        """Refuse, before any model loads, an output directory that cannot be written or is not free to write."""
+        path = Path(path)
+        _make_writable_dir(path)
+        info = writer_info(path)
+        if info is not None and info.get("pid") != os.getpid() and _writer_alive(info) is not False:
+            raise OutputLocationError(_busy_message(path))
+        if (path / MANIFEST).exists() and not resume and (path / SAMPLES).exists():
+            raise OutputLocationError(_occupied_message(path, cls.open(path).manifest))
 
     @classmethod
     def create(cls, path: Path, manifest: dict[str, Any], *, resume: bool = False) -> RunStore:
         """Open ``path`` as a new run, or continue it when ``resume`` is set and it already holds samples."""
         path = Path(path)
+        _make_writable_dir(path)
+        lock, acquired = _acquire(path)
+        store = cls(path=path, _lock=lock)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise OutputLocationError(f"cannot write to output directory {str(path)!r}: {exc.strerror}") from None
-        existing = path / MANIFEST
-        if existing.exists() and not resume and (path / SAMPLES).exists():
-            raise OutputLocationError(
-                f"run directory {str(path)!r} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        store = cls(path=path)
+            store.manifest = store._start(manifest, resume)
+            repair_tail(path / SAMPLES)
+            store.write_manifest()
+        except BaseException:
+            if acquired:
+                lock.release()
+            raise
+        return store
+
+    def _start(self, manifest: dict[str, Any], resume: bool) -> dict[str, Any]:
+        """The manifest of a new run, or the old one of a run continued with ``resume``; refuses mismatches."""
+        existing = self.path / MANIFEST
+        if existing.exists() and not resume and (self.path / SAMPLES).exists():
+            raise OutputLocationError(_occupied_message(self.path, self.read_manifest(), locked=True))
         if existing.exists() and resume:
-            old = store.read_manifest()
-            if old.get("config_hash") and old["config_hash"] != manifest.get("config_hash"):
+            old = self.read_manifest()
+            new_hash = manifest.get("config_hash")
+            if old.get("config_hash") not in (None, new_hash) and config_hash(result_config(old)) != new_hash:
+                diffs = config_diff(old, manifest)
+                shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
                 raise OutputLocationError(
-                    f"cannot resume {str(path)!r}: its config hash {old['config_hash']} differs from this "
-                    f"command's {manifest.get('config_hash')}; rerun with the original options or a new --out"
-                )
-            manifest = {**old, "resumed_at": [*old.get("resumed_at", []), _now()]}
+                    f"cannot resume {str(self.path)!r}: "
+                    + (f"options differ from the original run ({shown})" if diffs else
+                       f"its config hash {old['config_hash']} differs from this command's {new_hash}")
+                    + "; rerun with the original options or choose a new --out"
+                )  # fmt: skip
+            manifest = {**old, "status": "running", "resumed_at": [*old.get("resumed_at", []), _now()]}
+            manifest.pop("error", None)
         else:
             manifest = {**manifest, "environment": environment_info(), "started_at": _now(), "status": "running"}
         manifest.setdefault("command", sys.argv)
-        store.manifest = manifest
-        repair_tail(path / SAMPLES)
-        store.write_manifest()
-        return store
+        return manifest
 
     @classmethod
     def open(cls, path: Path) -> RunStore:
@@ -191,9 +393,27 @@ class RunStore:
         return json.loads(file.read_text(encoding="utf-8")) if file.exists() else None
 
     def finish(self, *, status: str = "finished", **extra: Any) -> None:
-        """Record the end time and final status (plus e.g. the error count) in the manifest."""
+        """Record the end time and final status (plus e.g. the error count) in the manifest; frees the lock."""
         self.manifest.update(extra, status=status, finished_at=_now())
         self.write_manifest()
+        self.close()
+
+    def close(self) -> None:
+        """Free the writer lock (idempotent); the run stays as it is."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and self._lock is not None and self.manifest.get("status") == "running":
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            with contextlib.suppress(OSError):
+                self.finish(status="interrupted" if interrupted else "failed", error=line)
+        self.close()
 
 
 def list_runs(root: Path) -> list[RunStore]:
