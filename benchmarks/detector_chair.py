@@ -13,7 +13,9 @@ distinct category a caption mentions is judged once per image by a two-detector 
 Agreement with annotations treats the annotation as truth and a three-way verdict as the prediction: accuracy and
 Cohen's kappa (scikit-learn) over the decided items, plus the share left uncertain. ``mention_agreement`` compares
 detector CHAIR with annotation CHAIR mention by mention; ``validator_agreement`` compares verdicts with
-ground-truth object sets per (image, object); ``correlations`` gives Spearman and Pearson (scipy) across systems.
+ground-truth object sets per (image, object), and ``check_validator`` runs that check over an annotated image set;
+``correlations`` gives Spearman and Pearson (scipy) across systems. ``load_validator`` builds the two-detector
+validator every job uses from two detector specs.
 """
 
 from __future__ import annotations
@@ -24,22 +26,23 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from detectors.crosscheck import CrossCheckValidator, Status, Verdict
-from halluc.errors import InputDataError
-from halluc.imagesets import load_image
+from benchmarks.chair import load_coco
+from detectors import CrossCheckValidator, ObjectValidator, Verdict, load_detector, tag_image_id
+from detectors.crosscheck import Status
+from halluc.errors import ConfigError, InputDataError
+from halluc.imagesets import ImageSet, load_image
 from halluc.objects import Mode, extract_mentions
 from halluc.runs import RunStore
 
-if TYPE_CHECKING:
-    from PIL.Image import Image
-
 __all__ = [
     "ARTIFACT",
-    "Validator",
+    "annotated_objects",
+    "check_validator",
     "correlations",
     "detector_chair_metrics",
+    "load_validator",
     "mention_agreement",
     "score_records",
     "score_run",
@@ -49,22 +52,19 @@ __all__ = [
 ARTIFACT = "detector_chair.json"
 
 
-class Validator(Protocol):
-    """What detector CHAIR needs from a validator: batched verdicts per (image, object)."""
-
-    def validate_many(
-        self, images: Sequence[Image], image_keys: Sequence[str], objects: Sequence[Sequence[str]]
-    ) -> list[dict[str, Verdict]]:
-        """Return, per image, a verdict for each distinct object asked."""
-        ...
+def load_validator(specs: Sequence[str], *, cache_path: str | Path | None = None) -> CrossCheckValidator:
+    """The two-detector validator from two detector specs (e.g. ``toy-yolov8``, ``oracle:instances.json``)."""
+    if len(specs) != 2:
+        raise ConfigError(f"a cross-check needs two detector specs (give --detector exactly twice), got {list(specs)}")
+    return CrossCheckValidator(load_detector(specs[0]), load_detector(specs[1]), cache_path=cache_path)
 
 
-def _judge_chunk(records: Sequence[dict[str, Any]], validator: Validator, mode: Mode) -> list[dict[str, Any]]:
+def _judge_chunk(records: Sequence[dict[str, Any]], validator: ObjectValidator, mode: Mode) -> list[dict[str, Any]]:
     """Extract mentions of a chunk of records, validate their categories per image, return per-caption details."""
     mentions = [extract_mentions(r["caption"], mode=mode) for r in records]
     asked = [list(dict.fromkeys(m.category for m in ms)) for ms in mentions]
     todo = [i for i, objects in enumerate(asked) if objects]
-    verdicts: dict[int, dict[str, Verdict]] = {}
+    verdicts: dict[int, Mapping[str, Verdict]] = {}
     if todo:
         images = [load_image(str(records[i]["image"])) for i in todo]
         keys = [str(records[i]["image"]) for i in todo]
@@ -106,7 +106,7 @@ def detector_chair_metrics(details: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def score_records(
     records: Iterable[dict[str, Any]],
-    validator: Validator,
+    validator: ObjectValidator,
     *,
     image_dir: str | Path | None = None,
     mode: Mode = "reference",
@@ -132,7 +132,7 @@ def score_records(
 
 def score_run(
     run_dir: str | Path,
-    validator: Validator,
+    validator: ObjectValidator,
     *,
     image_dir: str | Path | None = None,
     mode: Mode = "reference",
@@ -233,6 +233,35 @@ def validator_agreement(
         for obj, rows in sorted(by_category.items())
     }
     return result
+
+
+def annotated_objects(instances: str | Path) -> dict[int, set[str]]:
+    """Annotated category names per image id of a COCO instances file (what a detector can see)."""
+    coco = load_coco(instances)
+    truth: dict[int, set[str]] = {image_id: set() for image_id in coco.getImgIds()}
+    try:
+        for ann in coco.dataset.get("annotations", []):
+            truth[ann["image_id"]].add(coco.cats[ann["category_id"]]["name"])
+    except KeyError as exc:
+        raise InputDataError(f"{str(instances)!r}: an annotation refers to unknown id {exc}") from None
+    return truth
+
+
+def check_validator(
+    validator: ObjectValidator, images: ImageSet, vocabulary: Sequence[str], *, batch_size: int = 32
+) -> dict[str, Any]:
+    """The two-detector check: every ``vocabulary`` object judged on every image of an annotated image set, and the
+    verdicts' :func:`validator_agreement` with its annotations."""
+    if images.instances is None:
+        raise InputDataError(f"checking a validator needs COCO instances of {images.name!r}; pass --annotations")
+    truth = annotated_objects(images.instances)
+    verdicts: list[Mapping[str, Verdict]] = []
+    for start in range(0, len(images.image_ids), batch_size):
+        ids = images.image_ids[start : start + batch_size]
+        keys = [str(images.path(i)) for i in ids]
+        loaded = [tag_image_id(load_image(key), i) for key, i in zip(keys, ids, strict=True)]  # ids for an oracle
+        verdicts += validator.validate_many(loaded, keys, [list(vocabulary)] * len(keys))
+    return validator_agreement(verdicts, [truth.get(i, set()) for i in images.image_ids])
 
 
 def _finite(value: float) -> float | None:

@@ -17,7 +17,7 @@ from detectors.base import (
     load_detector,
     register_detector,
 )
-from detectors.crosscheck import CrossCheckValidator, Verdict
+from detectors.crosscheck import CrossCheckValidator, ObjectValidator, Verdict
 from detectors.grounding_dino import DEFAULT_CHECKPOINT, GroundingDinoDetector
 from detectors.labels import match_label
 from detectors.oracle import AnnotationOracle, tag_image_id
@@ -31,6 +31,7 @@ __all__ = [
     "Detection",
     "Detector",
     "GroundingDinoDetector",
+    "ObjectValidator",
     "Verdict",
     "YoloDetector",
     "YoloWorldDetector",

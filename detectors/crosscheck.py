@@ -17,10 +17,10 @@ next append.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from detectors.base import Detector
 from halluc.errors import ConfigError, InputDataError, OutputLocationError
@@ -29,7 +29,7 @@ from halluc.records import append_records, read_records
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["CrossCheckValidator", "Status", "Verdict", "decide"]
+__all__ = ["CrossCheckValidator", "ObjectValidator", "Status", "Verdict", "decide"]
 
 Status = Literal["present", "hallucinated", "uncertain"]
 
@@ -45,6 +45,19 @@ class Verdict:
     decided_by: str
     score_a: float | None
     score_b: float | None
+
+
+class ObjectValidator(Protocol):
+    """What jobs need from a validator (detector CHAIR, SENTINEL): batched verdicts per (image, object).
+
+    :class:`CrossCheckValidator` is one; tests script others.
+    """
+
+    def validate_many(
+        self, images: Sequence[Image], image_keys: Sequence[str], objects: Sequence[Sequence[str]]
+    ) -> list[Mapping[str, Verdict]]:
+        """Per image, a verdict for each distinct object asked."""
+        ...
 
 
 def decide(found_a: bool | None, found_b: bool | None, name_a: str, name_b: str) -> tuple[Status, str]:

@@ -24,10 +24,9 @@ from pathlib import Path
 
 from benchmarks.chair import REPETITION_LEGEND
 from benchmarks.crosscheck import CrossCheckSettings, parse_system, run_crosscheck
-from benchmarks.detector_chair import correlations, mention_agreement, score_run, validator_agreement
-from detectors import CrossCheckValidator, load_detector
+from benchmarks.detector_chair import check_validator, correlations, load_validator, mention_agreement, score_run
 from halluc.defaults import default_model
-from halluc.imagesets import load_image, resolve_images
+from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
 from halluc.world import world_categories
 
@@ -40,16 +39,6 @@ SYSTEMS = (
     "token_emphasis",
     "token_emphasis:local=1.4,spatial=0.6",
 )
-
-
-def _instances_truth(instances: Path) -> dict[int, set[str]]:
-    """Annotated categories per image id (what a detector can see) from a COCO instances file."""
-    data = json.loads(instances.read_text(encoding="utf-8"))
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    truth: dict[int, set[str]] = {img["id"]: set() for img in data["images"]}
-    for ann in data["annotations"]:
-        truth[ann["image_id"]].add(names[ann["category_id"]])
-    return truth
 
 
 def main() -> None:
@@ -80,14 +69,8 @@ def main() -> None:
     result = run_crosscheck(systems, images, cc_dir, lambda _: lvlm, settings=settings, resume=True)
     generated = time.perf_counter() - started
 
-    validator = CrossCheckValidator(
-        load_detector(args.detectors[0]), load_detector(args.detectors[1]), cache_path=args.out / "validator.jsonl"
-    )
-    truth = _instances_truth(images.instances)
-    vocabulary = [c["name"] for c in world_categories()]
-    keys = [str(images.path(i)) for i in images.image_ids]
-    verdicts = validator.validate_many([load_image(k) for k in keys], keys, [vocabulary] * len(keys))
-    validator_report = validator_agreement(verdicts, [truth[i] for i in images.image_ids])
+    validator = load_validator(args.detectors, cache_path=args.out / "validator.jsonl")
+    validator_report = check_validator(validator, images, [c["name"] for c in world_categories()])
 
     detector_chair: dict[str, dict] = {}
     pooled_det: list[dict] = []

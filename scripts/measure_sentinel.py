@@ -26,25 +26,18 @@ from typing import Any
 import torch
 
 from benchmarks.chair import REPETITION_LEGEND
+from benchmarks.detector_chair import load_validator
+from benchmarks.sentinel import run_sentinel
 from benchmarks.suite import SuiteRow, run_suite
-from detectors import AnnotationOracle, CrossCheckValidator, load_detector
 from halluc.defaults import default_model
 from halluc.dpo import DpoSettings, load_pairs, train_dpo
 from halluc.imagesets import resolve_images
-from halluc.models import load_lvlm, model_fingerprint
+from halluc.models import load_lvlm
 from halluc.runs import atomic_write_json
-from halluc.sentinel import LVLMSentenceSource, SentinelConfig, generate_pairs
+from halluc.sentinel import SentinelConfig
 from halluc.world import build_split
 
 EVAL_SETS = ["toy:val", "toy:shift"]
-
-
-def validator_for(specs: list[str], instances: Path, cache: Path) -> CrossCheckValidator:
-    """Two detectors from specs; ``oracle`` means the ground truth of the built train split."""
-    if len(specs) != 2:
-        raise SystemExit(f"--detector must be given exactly twice, got {specs}")
-    built = [AnnotationOracle(instances) if spec == "oracle" else load_detector(spec) for spec in specs]
-    return CrossCheckValidator(built[0], built[1], cache_path=cache)
 
 
 def stage_pairs(args: argparse.Namespace, model: Path) -> dict[str, Any]:
@@ -54,12 +47,10 @@ def stage_pairs(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     images = resolve_images(str(paths.images), instances=paths.instances)
     lvlm = load_lvlm(model, device=args.device)
     config = SentinelConfig(n_samples=args.n_samples, batch_images=args.batch_images, seed=args.seed)
-    validator = validator_for(args.detector, paths.instances, args.out / "crosscheck_cache.jsonl")
+    specs = [f"oracle:{paths.instances}" if spec == "oracle" else spec for spec in args.detector]  # the split's truth
+    validator = load_validator(specs, cache_path=args.out / "crosscheck_cache.jsonl")
     run = args.out / "pairs"
-    result = generate_pairs(
-        LVLMSentenceSource(lvlm, config), validator, images, run, config=config,
-        model_info={**model_fingerprint(lvlm), "detectors": args.detector}, resume=True,
-    )  # fmt: skip
+    result = run_sentinel(lvlm, validator, images, run, config=config, detectors=args.detector, resume=True)
     return result.stats
 
 

@@ -11,15 +11,19 @@ from PIL import Image
 
 from benchmarks.detector_chair import (
     ARTIFACT,
+    annotated_objects,
+    check_validator,
     correlations,
     detector_chair_metrics,
+    load_validator,
     mention_agreement,
     score_records,
     score_run,
     validator_agreement,
 )
-from detectors import Verdict
-from halluc.errors import InputDataError
+from detectors import AnnotationOracle, CrossCheckValidator, Verdict
+from halluc.errors import ConfigError, InputDataError
+from halluc.imagesets import resolve_images
 from halluc.runs import RunStore
 
 
@@ -148,3 +152,43 @@ def test_correlations() -> None:
     assert -1 <= result["pearson"] <= 1 and 0 <= result["pearson_p"] <= 1
     assert correlations({"a": 1.0, "b": 2.0}, chair)["spearman"] is None  # fewer than 3 systems
     assert correlations({"a": 1.0, "b": 1.0, "c": 1.0}, chair)["spearman"] is None  # constant input
+
+
+def _instances(tmp_path: Path) -> Path:
+    """A COCO instances file for a.png (a dog and a cat) and b.png (nothing)."""
+    data = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "car"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [4, 4, 4, 4], "area": 16, "iscrowd": 0},
+        ],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_load_validator_takes_exactly_two_specs(image_dir: Path) -> None:
+    instances = _instances(image_dir)
+    validator = load_validator([f"oracle:{instances}", f"oracle:{instances}"], cache_path=image_dir / "c.jsonl")
+    assert isinstance(validator, CrossCheckValidator) and isinstance(validator.detector_a, AnnotationOracle)
+    assert validator.cache_path == image_dir / "c.jsonl"
+    with pytest.raises(ConfigError, match="exactly twice"):
+        load_validator(["toy-yolov8"])
+
+
+def test_check_validator_against_the_annotations(image_dir: Path) -> None:
+    instances = _instances(image_dir)
+    assert annotated_objects(instances) == {1: {"dog", "cat"}, 2: set()}
+    images = resolve_images(str(image_dir), instances=instances)
+    validator = ScriptedValidator({"a.png": {"dog": "present", "cat": "uncertain"}, "b.png": {"car": "present"}})
+    result = check_validator(validator, images, ["dog", "cat", "car"], batch_size=1)
+    assert validator.asked == [("a.png", ["dog", "cat", "car"]), ("b.png", ["dog", "cat", "car"])]
+    # a: dog right, cat uncertain, car right (absent); b: dog and cat right (absent), car wrongly present
+    assert (result["n"], result["n_decided"], result["accuracy"]) == (6, 5, pytest.approx(4 / 5))
+    assert result["by_category"]["car"]["accuracy"] == 0.5
+    oracle = load_validator([f"oracle:{instances}", f"oracle:{instances}"])
+    assert check_validator(oracle, images, ["dog", "cat", "car"])["accuracy"] == 1.0
+    with pytest.raises(InputDataError, match="COCO instances"):
+        check_validator(validator, resolve_images(str(image_dir)), ["dog"])

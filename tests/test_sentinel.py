@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tiny_models import build_tiny
 
+from benchmarks.sentinel import generate_pairs
 from halluc.errors import ConfigError, OutputLocationError
 from halluc.imagesets import ImageSet
 from halluc.records import read_records
@@ -22,7 +23,6 @@ from halluc.sentinel import (
     SentinelConfig,
     continuation,
     cut_row,
-    generate_pairs,
     render_prompt,
     run_step,
 )

@@ -7,7 +7,10 @@ sentence is classified (see ``halluc.sentinel._pairs``). Hallucinated sentences 
 context-coherent winners written at the same context; the context then grows by a clean sentence. An image is
 finished when more than half of the samples are empty or end the answer.
 
-Output directory (``generate_pairs``):
+This package holds the algorithm (sampling, classification, pairing, the output files and their statistics); the
+generation job that drives it over an image set is :func:`benchmarks.sentinel.generate_pairs`.
+
+Output directory (``benchmarks.sentinel.generate_pairs``):
     manifest.json   job "sentinel", model, validator, config, image set, config hash
     pairs.jsonl     one pair per line: image_id, image_path, question, context, y_win, y_lose, win_objects,
                     lose_hallucinated, context_objects, step (sentence index), type (PAIR_TYPES)
@@ -17,8 +20,8 @@ Output directory (``generate_pairs``):
 """
 
 from halluc.sentinel._config import SentinelConfig
-from halluc.sentinel._generate import GenerationResult, ObjectValidator, generate_pairs
-from halluc.sentinel._pairs import KINDS, PAIR_TYPES, Candidate, StepResult, candidates, classify, run_step
+from halluc.sentinel._kinds import KINDS, PAIR_TYPES, Kind
+from halluc.sentinel._pairs import Candidate, StepResult, candidates, classify, run_step
 from halluc.sentinel._prompt import DEFAULT_QUESTION, continuation, render_prompt
 from halluc.sentinel._sampling import (
     LVLMSentenceSource,
@@ -29,7 +32,7 @@ from halluc.sentinel._sampling import (
     first_sentence,
 )
 from halluc.sentinel._stats import pair_stats
-from halluc.sentinel._store import IMAGES, PAIRS
+from halluc.sentinel._store import IMAGES, PAIRS, PairWriter
 
 __all__ = [
     "DEFAULT_QUESTION",
@@ -38,9 +41,9 @@ __all__ = [
     "PAIRS",
     "PAIR_TYPES",
     "Candidate",
-    "GenerationResult",
+    "Kind",
     "LVLMSentenceSource",
-    "ObjectValidator",
+    "PairWriter",
     "Sample",
     "SentenceEnd",
     "SentenceSource",
@@ -51,7 +54,6 @@ __all__ = [
     "continuation",
     "cut_row",
     "first_sentence",
-    "generate_pairs",
     "pair_stats",
     "render_prompt",
     "run_step",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from halluc.errors import ConfigError
-from halluc.sentinel._pairs import PAIR_TYPES
+from halluc.sentinel._kinds import PAIR_TYPES
 from halluc.sentinel._prompt import DEFAULT_QUESTION
 
 __all__ = ["SentinelConfig"]

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from halluc.objects import categories
+from halluc.sentinel._kinds import KINDS, Kind
 
 if TYPE_CHECKING:
     from halluc.sentinel._sampling import Sample
 
-__all__ = ["KINDS", "PAIR_TYPES", "Candidate", "Kind", "StepResult", "candidates", "classify", "run_step"]
+__all__ = ["Candidate", "StepResult", "candidates", "classify", "run_step"]
 
-Kind = Literal["hallucinated", "coherent", "exploratory", "uncertain", "no_objects", "repeat"]
-KINDS: tuple[str, ...] = ("hallucinated", "coherent", "exploratory", "uncertain", "no_objects", "repeat")
-PAIR_TYPES: tuple[str, ...] = ("coherent", "exploratory")  # the kind of the positive; the negative is hallucinated
 _EXTEND_ORDER: tuple[Kind, ...] = ("exploratory", "coherent", "no_objects")
 
 

@@ -1,5 +1,8 @@
 """The SENTINEL generation job: grow each description sentence by sentence and record preference pairs.
 
+The algorithm (sampling, classification, pairing, output files) is :mod:`halluc.sentinel`; this module drives it
+over an image set with a model-backed sentence source and an object validator, into a resumable run directory.
+
 Images are processed in a rolling batch: every round, each active image samples its next sentence (one
 ``generate`` call for all of them), the new objects are validated (one batched validator call), each image takes
 its step, and finished images are written and replaced by the next ones in the queue.
@@ -8,39 +11,35 @@ its step, and finished images are written and replaced by the next ones in the q
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from detectors import ObjectValidator, tag_image_id
 from halluc.errors import InputDataError, OutputLocationError
 from halluc.imagesets import ImageSet, load_image
+from halluc.models import model_fingerprint
 from halluc.runs import RunStore, config_hash
-from halluc.sentinel._config import SentinelConfig
-from halluc.sentinel._pairs import KINDS, Candidate, StepResult, candidates, run_step
-from halluc.sentinel._sampling import SentenceSource
-from halluc.sentinel._stats import pair_stats
-from halluc.sentinel._store import IMAGES, PairWriter
+from halluc.sentinel import (
+    IMAGES,
+    KINDS,
+    Candidate,
+    LVLMSentenceSource,
+    PairWriter,
+    SentenceSource,
+    SentinelConfig,
+    StepResult,
+    candidates,
+    pair_stats,
+    run_step,
+)
 
-__all__ = ["GenerationResult", "ObjectValidator", "generate_pairs"]
-
-
-class _Verdict(Protocol):
-    status: str  # "present", "hallucinated" or "uncertain"
-
-
-class ObjectValidator(Protocol):
-    """Judges mentioned objects per image, e.g. ``detectors.CrossCheckValidator``."""
-
-    def validate_many(
-        self, images: Sequence[Image.Image], image_keys: Sequence[str], objects: Sequence[Sequence[str]]
-    ) -> list[Mapping[str, _Verdict]]:
-        """Per image, a verdict for each asked object."""
-        ...
+__all__ = ["GenerationResult", "generate_pairs", "run_sentinel"]
 
 
 @dataclass(frozen=True)
@@ -120,13 +119,6 @@ class _ImageState:
         }
 
 
-def _open_image(image_id: int | str, path: str) -> Image.Image:
-    """Open an image as RGB, tagged with its id (``image.info["image_id"]``, read by the annotation oracle)."""
-    image = load_image(path)
-    image.info["image_id"] = image_id
-    return image
-
-
 def _open_run(out: Path, manifest: dict[str, Any], resume: bool) -> tuple[RunStore, PairWriter]:
     """Create (or, with ``resume``, continue) the run directory and its writer."""
     if not resume and (Path(out) / IMAGES).exists():
@@ -171,7 +163,7 @@ def generate_pairs(
         while todo and len(active) < config.batch_images:
             image_id, path = todo.popleft()
             try:
-                active.append(_ImageState(image_id, path, _open_image(image_id, path)))
+                active.append(_ImageState(image_id, path, tag_image_id(load_image(path), image_id)))
             except InputDataError as exc:
                 writer.write([], {"image_id": image_id, "image_path": path, "error": str(exc)})
                 errors += 1
@@ -206,3 +198,28 @@ def _round(
         state.statuses.update({obj: verdict.status for obj, verdict in found.items()})
         result = run_step(per_image, state.statuses, state.context_objects, state.sentences, config.pair_types)
         state.take(result, len(per_image), config.question, config.max_sentences)
+
+
+def run_sentinel(
+    lvlm: Any,
+    validator: ObjectValidator,
+    images: ImageSet,
+    out: Path,
+    *,
+    config: SentinelConfig | None = None,
+    detectors: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> GenerationResult:
+    """:func:`generate_pairs` sampling with ``lvlm``; the manifest records its weights and the ``detectors``."""
+    config = config or SentinelConfig()
+    return generate_pairs(
+        LVLMSentenceSource(lvlm, config),
+        validator,
+        images,
+        out,
+        config=config,
+        model_info={**model_fingerprint(lvlm), "detectors": list(detectors)},
+        resume=resume,
+        progress=progress,
+    )
