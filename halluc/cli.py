@@ -282,43 +282,16 @@ def heads(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Per-(layer, head) vision-aware head divergence and image-attention mass: heads.json + heads.png."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from halluc.imagesets import load_image, resolve_images
-    from halluc.runs import RunStore, config_hash
-    from interventions import analyse_heads
+    from benchmarks.heads import HEATMAP, REPORT, run_heads
+    from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore
 
     image_set = resolve_images(images, instances=annotations, ids_file=image_ids, limit=limit)
+    run_dir = _out_dir(out, "heads")
+    RunStore.check_output(run_dir)
     lvlm = _load_model(model, device, dtype, trust_remote_code)
-    torch.manual_seed(seed)
-    manifest = {"job": "heads", "model": str(lvlm.name_or_path), "images": image_set.describe(), "prompt": prompt}
-    store = RunStore.create(_out_dir(out, "heads"), {**manifest, "config_hash": config_hash(manifest)})
-    ids = list(image_set.image_ids)
-    reports = []
-    for start in tqdm(range(0, len(ids), batch_size), desc="analysing heads", unit="batch"):
-        batch = [load_image(str(image_set.path(i))) for i in ids[start : start + batch_size]]
-        reports.append((len(batch), analyse_heads(lvlm, batch, prompt)))
-    report = _mean_report(reports)
-    store.write_artifact("heads.json", json.loads(report.to_json()))
-    report.write_heatmap(store.path / "heads.png")
-    store.finish()
-    console.print(f"run: [bold]{store.path}[/] (heads.json, heads.png)")
-
-
-def _mean_report(weighted: list):
-    """Image-weighted mean of per-batch head reports."""
-    import dataclasses
-
-    import numpy as np
-
-    total = sum(n for n, _ in weighted)
-    first = weighted[0][1]
-
-    def mean(field: str) -> list[list[float]]:
-        return (sum(n * np.asarray(getattr(r, field)) for n, r in weighted) / total).tolist()
-
-    return dataclasses.replace(first, images=total, vhd=mean("vhd"), image_attention=mean("image_attention"))
+    result = run_heads(lvlm, image_set, run_dir, prompt=prompt, batch_size=batch_size, seed=seed)
+    console.print(f"run: [bold]{result.store.path}[/] ({REPORT}, {HEATMAP})")
 
 
 @app.command()
