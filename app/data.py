@@ -52,6 +52,7 @@ CHAIR_KEYS = (  # as benchmarks.chair writes them
     "degenerate_share",
 )  # fmt: skip
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")  # per split, as benchmarks.pope writes them
+# The CHAIR columns of the dashboard's runs and compare tables (a suite cell: benchmarks.suite.SUITE_CHAIR_METRICS)
 CHAIR_HEADLINE = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "f1", "degenerate_share")
 HEADLINE = (*CHAIR_HEADLINE, "POPE accuracy", "POPE f1", "POPE yes_ratio")
 

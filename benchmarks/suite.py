@@ -18,10 +18,11 @@ from halluc.imagesets import resolve_images
 from halluc.models import model_fingerprint
 from halluc.runs import OutputLocationError, RunStore
 
-__all__ = ["CHAIR_HEADLINE", "SuiteRow", "cell_dir", "finished_metrics", "run_suite"]
+__all__ = ["SUITE_CHAIR_METRICS", "SuiteRow", "cell_dir", "finished_metrics", "run_suite"]
 
-# The CHAIR metrics every comparison table shows: CHAIR_i always beside its repetition checks.
-CHAIR_HEADLINE = (
+# The CHAIR metrics a suite cell reports (and a reused finished cell must hold): CHAIR_i always beside its
+# repetition checks. The dashboard's runs table picks its own columns (app.data.CHAIR_HEADLINE).
+SUITE_CHAIR_METRICS = (
     "CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "avg_len", "mentions_per_caption", "degenerate_share",
 )  # fmt: skip
 
@@ -40,7 +41,7 @@ class SuiteRow:
         return {
             "system": self.system,
             "images": self.images,
-            **{key: self.chair[key] for key in CHAIR_HEADLINE},
+            **{key: self.chair[key] for key in SUITE_CHAIR_METRICS},
             **{f"pope_{split}_acc": self.pope[split]["accuracy"] for split in ("random", "popular", "adversarial")},
             "pope_f1": self.pope["mean"]["f1"],
         }
@@ -68,7 +69,7 @@ def finished_metrics(path: Path, lvlm: Any) -> dict[str, Any] | None:
             f"not of {expected['model']!r} (weights {expected['weights_sha256']}); choose another --out or delete it"
         )
     metrics = store.metrics()
-    if store.manifest.get("job") == "chair" and not set(CHAIR_HEADLINE) <= metrics.keys():
+    if store.manifest.get("job") == "chair" and not set(SUITE_CHAIR_METRICS) <= metrics.keys():
         return None  # scored before the repetition checks existed: resuming rescores its stored captions
     return metrics
 
