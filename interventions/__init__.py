@@ -10,7 +10,8 @@ Use:
     @intervene(TokenEmphasis())
     def caption(lvlm, images): ...
 
-Methods (one module each): ``VHR`` (vhr.py), ``TokenEmphasis`` (token_emphasis.py), ``PAI`` (modality.py).
+Methods (one module each): ``VHR`` (vhr.py), ``TokenEmphasis`` (token_emphasis.py), ``PAI`` (modality.py),
+``VCD`` (vcd.py).
 
 Extend (docs/extending.md has a worked example): subclass ``Intervention`` (a frozen dataclass; ``check`` validates,
 ``install`` attaches), decorate it with ``register``, and install one or more of the shared mechanisms, each in
@@ -18,7 +19,8 @@ its own public module:
 
 * ``row_edit``: attention-score edits ``a + s|a|`` on the generating row (``RowEdit``, ``add_row_edit``);
 * ``head_edit``: per-head output edits before ``o_proj`` (``HeadEdit``, ``add_head_hooks``, ``scale_last_position``);
-* ``contrastive``: a text-only branch for contrastive logits (``TextOnlyBranch``, ``TextOnlyGuidance``);
+* ``contrastive``: a second branch of the batch (no image, a noised image) for contrastive logits
+  (``ContrastBranch``, ``ContrastiveGuidance``);
 * ``GenerationHook`` subclasses told about each generate call (``add_generation_hook``), with per-sample batch
   helpers (``image_key_mask``, ``fit``, ``paired_inputs``, ``run_prefill``), layer specs (``resolve_layers``,
   ``scale_to_depth``) and ``owned_forward`` for auxiliary passes no other intervention may edit.
@@ -38,13 +40,14 @@ from interventions.base import (
     register,
 )
 from interventions.batching import add_generation_hook, fit, image_key_mask, paired_inputs, run_prefill
-from interventions.contrastive import TextOnlyBranch, TextOnlyGuidance
+from interventions.contrastive import ContrastBranch, ContrastiveGuidance
 from interventions.head_edit import HeadEdit, add_head_hooks, scale_last_position
 from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
 from interventions.modality import PAI
 from interventions.row_edit import ATTENTION_NAME, RowEdit, add_row_edit
 from interventions.scope import live, owned_forward
 from interventions.token_emphasis import TokenEmphasis, select_tokens
+from interventions.vcd import VCD
 from interventions.vhr import VHR, select_heads
 
 register_spec_parser(parse_intervention)
@@ -53,8 +56,11 @@ __all__ = [
     "ATTENTION_NAME",
     "PAI",
     "REGISTRY",
+    "VCD",
     "VHR",
     "Composite",
+    "ContrastBranch",
+    "ContrastiveGuidance",
     "GenerationHook",
     "Handle",
     "HeadEdit",
@@ -62,8 +68,6 @@ __all__ = [
     "Intervention",
     "PreparedBatch",
     "RowEdit",
-    "TextOnlyBranch",
-    "TextOnlyGuidance",
     "TokenEmphasis",
     "add_generation_hook",
     "add_head_hooks",

@@ -25,7 +25,7 @@ from halluc.errors import ConfigError
 from halluc.models import LVLM, GenerationHook, PreparedBatch
 from interventions.base import Handle, Intervention, register
 from interventions.batching import add_generation_hook, fit, image_key_mask
-from interventions.contrastive import TextOnlyBranch, TextOnlyGuidance
+from interventions.contrastive import ContrastBranch, ContrastiveGuidance
 from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
 from interventions.row_edit import add_row_edit
 
@@ -96,7 +96,7 @@ class _Rebalance(GenerationHook):
         """A fresh CFG processor with its own text-only branch when ``cfg`` is on."""
         if not self.config.cfg:
             return []
-        return [TextOnlyGuidance(TextOnlyBranch(lvlm, batch), self.config.gamma, self.config.cutoff)]
+        return [ContrastiveGuidance(ContrastBranch.text_only(lvlm, batch), self.config.gamma, self.config.cutoff)]
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Disarm, so the layers are plain SDPA between calls."""

@@ -17,6 +17,7 @@ from interventions import (
     ATTENTION_NAME,
     PAI,
     REGISTRY,
+    VCD,
     VHR,
     Composite,
     Intervention,
@@ -38,8 +39,8 @@ from interventions.vhr import _Reinforcement, head_divergence, vhr_layers
 torch.set_num_threads(1)
 
 
-def test_registry_holds_the_three_methods() -> None:
-    assert {"vhr": VHR, "pai": PAI, "token_emphasis": TokenEmphasis}.items() <= REGISTRY.items()
+def test_registry_holds_the_methods() -> None:
+    assert {"vhr": VHR, "pai": PAI, "token_emphasis": TokenEmphasis, "vcd": VCD}.items() <= REGISTRY.items()
     with pytest.raises(ConfigError, match="already registered"):
         register("vhr")(type("Again", (Intervention,), {}))
 
@@ -60,7 +61,7 @@ def test_parse_intervention(spec: str, expected: Intervention) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nope:alpha=1", r"unknown intervention 'nope'; choose one of: pai, token_emphasis, vhr"),
+        ("nope:alpha=1", r"unknown intervention 'nope'; choose one of: pai, token_emphasis, vcd, vhr"),
         ("vhr:beta=1", r"unknown parameter 'beta'; valid parameters: alpha, layers"),
         ("vhr:alpha=high", r"alpha='high' is not a valid float"),
         ("pai:cfg=maybe", r"cfg='maybe' is not a valid bool"),

@@ -20,7 +20,7 @@ from halluc.errors import ConfigError
 from halluc.models import LVLM, PreparedBatch
 from interventions import PAI, VHR, Intervention, TokenEmphasis, analyse_heads, apply, row_edit
 from interventions.batching import paired_inputs
-from interventions.contrastive import TextOnlyBranch, TextOnlyGuidance
+from interventions.contrastive import ContrastBranch, ContrastiveGuidance
 from interventions.modality import pai_layers
 from interventions.vision import add_cls_probe, feature_attention
 
@@ -150,7 +150,7 @@ def test_text_only_branch_matches_a_text_only_generation() -> None:
     text = lvlm.text_only(batch)
     recorder = Recorder()
     chosen = lvlm.generate_ids(text, max_new_tokens=3, min_new_tokens=3, logits_processor=[recorder])
-    branch = TextOnlyBranch(lvlm, batch)
+    branch = ContrastBranch.text_only(lvlm, batch)
     ids = text.inputs["input_ids"]
     for step in range(3):
         expected = recorder.steps[step]
@@ -174,16 +174,16 @@ def test_text_only_guidance_formula_and_validation() -> None:
     scores, text_logits = torch.randn(2, 6, generator=generator), torch.randn(2, 6, generator=generator)
     original = scores.clone()
     with_image, text_only = scores.log_softmax(-1), text_logits.log_softmax(-1)
-    guided = TextOnlyGuidance(FixedBranch(text_logits), gamma=2.0, cutoff=0.1)(torch.zeros(2, 1), scores)
+    guided = ContrastiveGuidance(FixedBranch(text_logits), gamma=2.0, cutoff=0.1)(torch.zeros(2, 1), scores)
     expected = text_only + 2.0 * (with_image - text_only)
     plausible = with_image.exp() >= 0.1 * with_image.exp().amax(-1, keepdim=True)
     assert torch.allclose(guided[plausible], expected[plausible]) and (guided[~plausible] == -torch.inf).all()
     assert torch.equal(scores, original), "processors return new tensors"
-    neutral = TextOnlyGuidance(FixedBranch(text_logits), gamma=1.0, cutoff=0.0)(torch.zeros(2, 1), scores)
+    neutral = ContrastiveGuidance(FixedBranch(text_logits), gamma=1.0, cutoff=0.0)(torch.zeros(2, 1), scores)
     assert torch.allclose(neutral, with_image)
     for gamma, cutoff, message in ((0.0, 0.1, "gamma must be > 0, got 0.0"), (1.1, 1.0, "cutoff must be in")):
         with pytest.raises(ConfigError, match=message):
-            TextOnlyGuidance(FixedBranch(text_logits), gamma=gamma, cutoff=cutoff)
+            ContrastiveGuidance(FixedBranch(text_logits), gamma=gamma, cutoff=cutoff)
 
 
 def test_composition_and_nesting_equal_applying_together(lvlm: LVLM) -> None:

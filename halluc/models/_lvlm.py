@@ -165,6 +165,24 @@ class LVLM:
         prompts = batch_or_prompts.prompts if isinstance(batch_or_prompts, PreparedBatch) else batch_or_prompts
         return self.prepare([None] * len(prompts), prompts)
 
+    def prefill_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids of a left-padded prefill as ``generate`` builds them, and each row's offset ``[batch, 1]``.
+
+        A later token's position is its running count in the attention mask minus one, plus the offset. 1-D RoPE:
+        positions ``[batch, seq]`` from the mask, offset 0. M-RoPE families with images (Qwen2-VL): the model's own
+        3-D image-grid positions ``[3, batch, seq]`` and the offsets it computes with them (``get_rope_index``).
+        """
+        mask = inputs["attention_mask"]
+        if self.family.grid == "thw" and "image_grid_thw" in inputs:
+            return self.model.model.get_rope_index(
+                inputs["input_ids"],
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs["image_grid_thw"],
+                attention_mask=mask,
+            )
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return positions, torch.zeros(mask.shape[0], 1, dtype=positions.dtype, device=positions.device)
+
     def image_token_grid(self, batch: PreparedBatch, i: int) -> tuple[int, int] | None:
         """(rows, cols) of sample ``i``'s image-token grid in sequence order, or None when it is not one grid."""
         count = len(batch.image_positions[i])
