@@ -10,9 +10,9 @@ strength sweep per method with its Pareto front of CHAIR_i against recall.
    captions; a system marked ``!`` has >= 5% degenerate captions, so its CHAIR_i reflects repetition. Then each
    method minus the baseline on the same images (all seeds' subsets pooled) for CHAIR_i, distinct CHAIR_i and
    recall, with 95% bootstrap CIs over images (:mod:`benchmarks.compare`).
-2. On ``--sweep-images`` (seed 0's subset), CHAIR for each method at several strengths; the non-degenerate points
-   not dominated in (lower CHAIR_i, higher recall) form the Pareto front; degenerate settings are marked ``!`` and
-   left out of it (see :func:`benchmarks.chair.degenerate_setting`).
+2. On ``--sweep-images`` (seed 0's subset), CHAIR for each method at several strengths (:mod:`benchmarks.sweep`);
+   the non-degenerate points not dominated in (lower CHAIR_i, higher recall) form the Pareto front; degenerate
+   settings are marked ``!`` and left out of it (see :func:`benchmarks.chair.degenerate_setting`).
 
 Every cell is a run directory; rerunning the command reuses finished cells (resume after interruption).
 Results: ``<out>/report.json`` and tables on stdout.
@@ -29,9 +29,9 @@ from typing import Any
 
 from benchmarks.chair import REPETITION_LEGEND, degenerate_setting
 from benchmarks.compare import RATIOS, paired_difference
-from benchmarks.jobs import run_chair
 from benchmarks.runner import GenerationSettings
-from benchmarks.suite import cell_dir, finished_metrics, run_suite
+from benchmarks.suite import cell_dir, run_suite
+from benchmarks.sweep import SWEEP_METRICS, run_sweep
 from halluc.defaults import default_model
 from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
@@ -39,7 +39,6 @@ from interventions import PAI, VHR, Intervention, TokenEmphasis
 
 METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "pope_f1", "mentions_per_caption", "degenerate_share")
 HEADERS = ("CHs", "CHi", "CHi-d", "recall", "POPE F1", "men/cap", "degen%")
-SWEEP_METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "mentions_per_caption", "degenerate_share")
 DEFAULTS: dict[str, Intervention | None] = {"baseline": None, "vhr": VHR(), "token_emphasis": TokenEmphasis(),
                                             "pai": PAI(), "pai+cfg": PAI(cfg=True)}  # fmt: skip
 SWEEP: dict[str, list[Intervention]] = {
@@ -58,28 +57,9 @@ def subset_ids(spec: str, n: int, seed: int, out: Path) -> Path:
     return path
 
 
-def pareto(points: list[dict[str, Any]]) -> list[str]:
-    """Labels of the non-degenerate points no other such point beats on both lower CHAIR_i and higher recall
-    (a degenerate setting's CHAIR_i comes from repetition, so it neither joins nor shapes the front)."""
-
-    def beats(q: dict[str, Any], p: dict[str, Any]) -> bool:
-        better_or_equal = q["CHAIR_i"] <= p["CHAIR_i"] and q["recall"] >= p["recall"]
-        return better_or_equal and (q["CHAIR_i"], q["recall"]) != (p["CHAIR_i"], p["recall"])
-
-    kept = [p for p in points if not degenerate_setting(p)]
-    return [p["label"] for p in kept if not any(beats(q, p) for q in kept)]
-
-
 def cell(metric: str, value: float) -> str:
     """One table cell: mentions per caption as is, the fractions in percent."""
     return f"{value:.1f}" if metric == "mentions_per_caption" else f"{100 * value:.1f}"
-
-
-def label(config: Intervention | None) -> str:
-    if config is None:
-        return "baseline"
-    fields = {k: v for k, v in config.to_dict().items() if k in ("alpha", "local", "cfg") and v is not False}
-    return config.name + "(" + ",".join(f"{k}={v}" for k, v in fields.items()) + ")"
 
 
 def interval(value: dict[str, float]) -> str:
@@ -142,20 +122,9 @@ def main() -> None:
     sweep_ids = subset_ids(args.sweep_images, args.chair_images, args.seeds[0], args.out)
     sweep_set = resolve_images(args.sweep_images, ids_file=sweep_ids)
     settings = GenerationSettings(max_new_tokens=128, batch_size=args.batch_size)
-    points = []
-    plan = [("baseline", None)] + [(method, config) for method, configs in SWEEP.items() for config in configs]
-    for method, config in plan:
-        name = label(config)
-        run_dir = args.out / "sweep" / "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
-        metrics = (
-            finished_metrics(run_dir, lvlm)
-            or run_chair(
-                lvlm, sweep_set, run_dir, settings=settings, intervention=config, seed=args.seeds[0], resume=True
-            ).metrics
-        )
-        points.append({"label": name, "method": method, **{k: metrics[k] for k in SWEEP_METRICS}})
-    sweep = {"images": args.sweep_images, "points": points, "pareto": pareto(points)}
-    sweep["degenerate"] = [p["label"] for p in points if degenerate_setting(p)]
+    swept = run_sweep(lvlm, sweep_set, args.out / "sweep", SWEEP, settings=settings, seed=args.seeds[0])
+    sweep = {"images": args.sweep_images, **swept}
+    points = sweep["points"]
     differences = paired_differences(args.out, args.seeds, [e["system"] for e in summary], args.images)
     report = {"summary": summary, "differences": differences, "sweep": sweep}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
