@@ -19,7 +19,7 @@ def test_setting_labels_and_dirs(tmp_path: Path) -> None:
     assert setting_label(None) == "baseline"
     assert setting_label(VHR(alpha=2.0)) == "vhr(alpha=2.0)"
     assert setting_label(PAI(alpha=0.5, cfg=True)) == "pai(alpha=0.5,cfg=True)"
-    assert setting_label(PAI(alpha=1.0)) == "pai(alpha=1.0)"  # a False flag is left out
+    assert setting_label(PAI(alpha=1.0, cfg=False)) == "pai(alpha=1.0)"  # a False flag is left out
     assert setting_dir(tmp_path, "pai(alpha=0.5,cfg=True)") == tmp_path / "pai_alpha_0.5_cfg_True_"
 
 
