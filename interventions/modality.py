@@ -3,10 +3,16 @@
 Two parts, each optional:
 
 * attention: on the last query row of layers ``layers``, every image key's score ``a`` becomes ``a + alpha * |a|``
-  (``alpha`` 0.5), through the registered attention function (SDPA elsewhere; only that row is recomputed);
+  through the registered attention function (SDPA elsewhere; only that row is recomputed);
 * CFG: the next-token log-probabilities are refined against a text-only branch,
-  ``gamma * (log p(y|v,x) - log p(y|x)) + log p(y|x)`` (``gamma`` 1.1), tokens with ``p(y|v,x)`` below
-  ``cutoff`` (0.1) times the top probability masked.
+  ``gamma * (log p(y|v,x) - log p(y|x)) + log p(y|x)``, tokens with ``p(y|v,x)`` below ``cutoff`` times the top
+  probability masked.
+
+Defaults are the official code's published CHAIR and POPE commands (LALBJ/PAI README: ``--use-attn --alpha 0.2
+--use-cfg --gamma 1.1``; ``chair_eval.py`` argparse alpha 0.2; cut-off 0.1 in ``CFG.py``): ``alpha`` 0.2, CFG on,
+``gamma`` 1.1. ``cfg=False`` gives the attention edit alone. One quirk of the official code is not reproduced: its
+CFG processor re-enables the attention edit only after its first call, so there the first generated token gets no
+attention boost; here every token does.
 
 Layers: the reference code edits 0-based layers ``range(2, 32)`` of the 32-layer LLaVA-1.5 language model, i.e. it
 leaves the first two layers alone. ``layers="default"`` scales that start to the model's depth,
@@ -40,11 +46,11 @@ def pai_layers(num_layers: int) -> tuple[int, ...]:
 @register("pai")
 @dataclass(frozen=True)
 class PAI(Intervention):
-    """Amplify attention to image tokens on the generating row; optionally refine logits against text only."""
+    """Amplify attention to image tokens on the generating row and refine logits against text only (CFG)."""
 
-    alpha: float = 0.5
+    alpha: float = 0.2
     layers: str = "default"
-    cfg: bool = False
+    cfg: bool = True
     gamma: float = 1.1
     cutoff: float = 0.1
 

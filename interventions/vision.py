@@ -17,9 +17,11 @@ from torch import nn
 from halluc.models import LVLM
 from interventions.scope import live
 
-__all__ = ["add_cls_probe", "cls_attention", "feature_attention"]
+__all__ = ["FIRST_LAYER", "FEATURE_LAYER", "add_cls_probe", "cls_attention", "vision_attention"]
 
 _NEEDED = ("q_proj", "k_proj", "num_heads", "head_dim", "scale")
+FIRST_LAYER = "first"  # the encoder's first layer
+FEATURE_LAYER = "feature"  # the layer whose output the LM receives (``vision_feature_layer``)
 
 
 def _has_class_token(vision: nn.Module) -> bool:
@@ -27,17 +29,23 @@ def _has_class_token(vision: nn.Module) -> bool:
     return any(hasattr(module, "class_embedding") for module in vision.modules())
 
 
-def feature_attention(lvlm: LVLM) -> nn.Module | None:
-    """The self-attention of the vision layer whose output feeds the LM, or None when there is no CLS to read."""
+def vision_attention(lvlm: LVLM, which: str = FEATURE_LAYER) -> nn.Module | None:
+    """The self-attention of the encoder's first or feature layer, or None when there is no CLS to read."""
     vision = lvlm.vision_tower
     layers = next((m for m in vision.modules() if isinstance(m, nn.ModuleList)), None)
-    feature_layer = getattr(lvlm.model.config, "vision_feature_layer", -1)
-    if isinstance(feature_layer, list | tuple):  # several layers concatenated: read the last one listed
-        feature_layer = feature_layer[-1]
-    if layers is None or not _has_class_token(vision) or feature_layer == 0:
+    if layers is None or not _has_class_token(vision):
         return None
-    # hidden_states[k] is the output of layers[k - 1]; negative k counts from the end of the same list
-    attention = getattr(layers[feature_layer if feature_layer < 0 else feature_layer - 1], "self_attn", None)
+    if which == FIRST_LAYER:
+        index = 0
+    else:
+        feature_layer = getattr(lvlm.model.config, "vision_feature_layer", -1)
+        if isinstance(feature_layer, list | tuple):  # several layers concatenated: read the last one listed
+            feature_layer = feature_layer[-1]
+        if feature_layer == 0:  # the embeddings themselves: no attention produced them
+            return None
+        # hidden_states[k] is the output of layers[k - 1]; negative k counts from the end of the same list
+        index = feature_layer if feature_layer < 0 else feature_layer - 1
+    attention = getattr(layers[index], "self_attn", None)
     return attention if attention is not None and all(hasattr(attention, a) for a in _NEEDED) else None
 
 
@@ -51,9 +59,11 @@ def cls_attention(attention: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return weights.mean(dim=1)[:, 0, 1:]  # heads averaged, CLS itself dropped
 
 
-def add_cls_probe(lvlm: LVLM, sink: Callable[[torch.Tensor], None], owner: object) -> Callable[[], None] | None:
-    """Feed ``sink`` each vision forward's ``[images, patches]`` CLS attention; returns the undo, or None."""
-    attention = feature_attention(lvlm)
+def add_cls_probe(
+    lvlm: LVLM, sink: Callable[[torch.Tensor], None], owner: object, which: str = FEATURE_LAYER
+) -> Callable[[], None] | None:
+    """Feed ``sink`` each vision forward's ``[images, patches]`` CLS attention of layer ``which``; the undo, or None."""
+    attention = vision_attention(lvlm, which)
     if attention is None:
         return None
 

@@ -34,9 +34,9 @@ from interventions.vhr import vhr_layers
 METHODS: dict[str, Intervention | None] = {
     "vanilla": None,
     "vhr": VHR(),
-    "token_emphasis": TokenEmphasis(),
-    "pai": PAI(),
-    "pai+cfg": PAI(cfg=True),
+    "token_emphasis": TokenEmphasis(cfg=False),
+    "pai": PAI(cfg=False),
+    "pai+cfg": PAI(),
 }
 
 # ----- baselines: eager attention, batch 1, edits as in the public reference code --------------------------------
@@ -66,7 +66,7 @@ def baseline_generate(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torc
 def baseline_pai(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Tensor:
     """BASELINE PAI: image slice [start, end) of the last row gets ``a + alpha|a|`` on PAI's layers."""
     positions = batch.image_positions[0]
-    start, end, alpha = int(positions[0]), int(positions[-1]) + 1, PAI().alpha
+    start, end, alpha = int(positions[0]), int(positions[-1]) + 1, METHODS["pai"].alpha
 
     def edit(scores: torch.Tensor) -> torch.Tensor:
         scores[..., start:end] = scores[..., start:end] + alpha * scores[..., start:end].abs()
@@ -77,8 +77,8 @@ def baseline_pai(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Ten
 
 
 def baseline_token_emphasis(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Tensor:
-    """BASELINE token emphasis: eager vision pass for CLS attention, eager LM pass for head weights, then edit."""
-    config = TokenEmphasis()
+    """BASELINE token emphasis: eager vision pass for the first and feature layers' CLS attention, then edit."""
+    config = METHODS["token_emphasis"]
     positions = batch.image_positions[0]
     vision_config = lvlm.model.config.vision_config
     vision_config._attn_implementation = "eager"
@@ -86,19 +86,15 @@ def baseline_token_emphasis(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -
         vision = lvlm.vision_tower(batch.inputs["pixel_values"], output_attentions=True)
     finally:
         vision_config._attn_implementation = "sdpa"
-    cls = vision.attentions[lvlm.model.config.vision_feature_layer].mean(dim=1)[0, 0, 1:]
-    local, spatial = select_tokens(cls, lvlm.image_token_grid(batch, 0), config.fraction)
-    emphasis = local.float() * config.local + spatial.float() * config.spatial  # [image tokens]
-    attentions = lvlm.model(**batch.inputs, output_attentions=True).attentions  # measurement pass, no edit
-    for layer in pai_layers(lvlm.num_layers):
-        mass = attentions[layer][0, :, -1, positions].sum(dim=-1)  # [heads]
-        strength = (mass / mass.max())[:, None] * emphasis[None]  # [heads, image tokens]
+    first, feature = (vision.attentions[k].mean(dim=1)[0, 0, 1:] for k in (0, lvlm.model.config.vision_feature_layer))
+    local, summary = select_tokens(first, feature, config.fraction)
+    strength = local.float() * config.local + summary.float() * config.summary  # [image tokens], all heads alike
 
-        def edit(scores: torch.Tensor, strength: torch.Tensor = strength) -> torch.Tensor:
-            scores[..., positions] = scores[..., positions] + strength * scores[..., positions].abs()
-            return scores
+    def edit(scores: torch.Tensor) -> torch.Tensor:
+        scores[..., positions] = scores[..., positions] + strength * scores[..., positions].abs()
+        return scores
 
-        LAST_ROW_EDITS[layer] = edit
+    LAST_ROW_EDITS.update({layer: edit for layer in pai_layers(lvlm.num_layers)})
     return baseline_generate(lvlm, batch, new_tokens)
 
 

@@ -37,7 +37,7 @@ SYSTEMS = (
     "pai:alpha=0.5",
     "pai:alpha=1",
     "token_emphasis",
-    "token_emphasis:local=1.4,spatial=0.6",
+    "token_emphasis:local=1.4,summary=0.6",
 )
 
 

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Intervention | None] = {"baseline": None, "vhr": VHR(), "tok
                                             "pai": PAI(), "pai+cfg": PAI(cfg=True)}  # fmt: skip
 SWEEP: dict[str, list[Intervention]] = {
     "vhr": [VHR(alpha=a) for a in (1.5, 2.0, 3.0, 4.0)],
-    "token_emphasis": [TokenEmphasis(local=s, spatial=s * 3 / 7) for s in (0.35, 0.7, 1.4, 2.8)],
+    "token_emphasis": [TokenEmphasis(local=s, summary=s * 3 / 7) for s in (0.35, 0.7, 1.4, 2.8)],
     "pai": [PAI(alpha=a) for a in (0.25, 0.5, 1.0, 2.0)],
 }
 

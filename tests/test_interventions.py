@@ -61,7 +61,7 @@ def test_parse_intervention(spec: str, expected: Intervention) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nope:alpha=1", r"unknown intervention 'nope'; choose one of: pai, token_emphasis, vcd, vhr"),
+        ("nope:alpha=1", r"unknown intervention 'nope'; choose one of: (\w+, )*pai, token_emphasis, vcd, vhr"),
         ("vhr:beta=1", r"unknown parameter 'beta'; valid parameters: alpha, layers"),
         ("vhr:alpha=high", r"alpha='high' is not a valid float"),
         ("pai:cfg=maybe", r"cfg='maybe' is not a valid bool"),
@@ -96,10 +96,10 @@ def test_non_finite_values_are_rejected_from_python_and_json_too() -> None:
     [
         (VHR(), "vhr"),
         (VHR(alpha=2.5, layers="0+18-31"), "vhr:alpha=2.5,layers=0+18-31"),
-        (PAI(alpha=0.2, cfg=True, cutoff=0.05), "pai:alpha=0.2,cfg=true,cutoff=0.05"),
+        (PAI(alpha=0.5, cfg=False, cutoff=0.05), "pai:alpha=0.5,cfg=false,cutoff=0.05"),
         (
-            TokenEmphasis(fraction=1 / 3, head_specific=False),
-            "token_emphasis:fraction=0.3333333333333333,head_specific=false",
+            TokenEmphasis(fraction=1 / 3, head_specific=True),
+            "token_emphasis:fraction=0.3333333333333333,head_specific=true",
         ),
     ],
 )
@@ -109,7 +109,7 @@ def test_to_spec_is_the_inverse_of_parse(config: Intervention, spec: str) -> Non
 
 
 def test_json_round_trip() -> None:
-    for config in (VHR(alpha=3.0), PAI(cfg=True), TokenEmphasis(spatial=0.4, layers="all")):
+    for config in (VHR(alpha=3.0), PAI(cfg=True), TokenEmphasis(summary=0.4, layers="all")):
         data = json.loads(config.to_json())
         assert data["name"] == config.name and from_dict(data) == config
     composite = Composite((VHR(), PAI(alpha=0.3)))
@@ -166,13 +166,18 @@ SALIENCY = torch.tensor(  # a 4x4 CLS attention map: one summary outlier (4.0), 
 
 def test_token_selection_on_hand_built_map() -> None:
     assert spatial_peaks(SALIENCY, (4, 4)).nonzero().flatten().tolist() == [5, 12, 15]
-    local, spatial = select_tokens(SALIENCY, (4, 4), fraction=0.25)
+    local, summary = select_tokens(SALIENCY, SALIENCY, 0.25, grid=(4, 4))
     assert local.nonzero().flatten().tolist() == [4, 5, 6]  # top 4 minus the summary token
-    assert spatial.nonzero().flatten().tolist() == [12, 15]  # summary token + the peak local missed
-    local, spatial = select_tokens(SALIENCY, None, fraction=0.25)  # no grid: summary tokens only
-    assert local.nonzero().flatten().tolist() == [4, 5, 6] and spatial.nonzero().flatten().tolist() == [15]
-    flat_local, flat_spatial = select_tokens(torch.ones(16), (4, 4), fraction=0.25)
-    assert flat_local.sum() == 4 and not flat_spatial.any()  # a flat map has no outliers and no peaks
+    assert summary.nonzero().flatten().tolist() == [12, 15]  # summary token + the peak local missed
+    local, summary = select_tokens(SALIENCY, SALIENCY, 0.25)  # no grid (the official setting): outliers only
+    assert local.nonzero().flatten().tolist() == [4, 5, 6] and summary.nonzero().flatten().tolist() == [15]
+    flat_local, flat_summary = select_tokens(torch.ones(16), torch.ones(16), 0.25, grid=(4, 4))
+    assert flat_local.sum() == 4 and not flat_summary.any()  # a flat map has no outliers and no peaks
+    # two maps, as the official code reads them: local from the first vision layer, summary from the feature layer
+    first_layer = torch.arange(16.0)  # ranks tokens 12..15 highest
+    local, summary = select_tokens(first_layer, SALIENCY, 0.25)
+    assert summary.nonzero().flatten().tolist() == [15] and local.nonzero().flatten().tolist() == [12, 13, 14]
+    assert select_tokens(first_layer, SALIENCY, 0.3)[0].sum() == 3  # int(0.3 * 16) = 4 picks, minus token 15
 
 
 def test_handles_apply_and_nesting_restore_the_model() -> None:

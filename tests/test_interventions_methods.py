@@ -1,7 +1,7 @@
 """Each method on every tiny family: changes outputs, neutral is a no-op, detach is exact, batched == one-by-one.
 
-A neutral score edit (PAI ``alpha=0``, token emphasis ``local=spatial=0``) installs nothing, so the no-op check of
-the edit itself uses an identity strength instead: ``a + 1e-30 * |a|`` rounds to ``a`` in float32, yet the whole
+A neutral score edit (PAI ``alpha=0``, token emphasis ``local=summary=0``, CFG off) installs nothing, so the no-op
+check of the edit itself uses an identity strength instead: ``a + 1e-30 * |a|`` rounds to ``a`` in float32, yet the whole
 edit path (row recomputation, strengths, CLS probe, generation hook) runs.
 """
 
@@ -22,7 +22,7 @@ from interventions import PAI, VHR, Intervention, TokenEmphasis, analyse_heads, 
 from interventions.batching import paired_inputs
 from interventions.contrastive import ContrastBranch, ContrastiveGuidance
 from interventions.modality import pai_layers
-from interventions.vision import add_cls_probe, feature_attention
+from interventions.vision import FEATURE_LAYER, FIRST_LAYER, add_cls_probe, vision_attention
 
 torch.set_num_threads(1)
 
@@ -32,15 +32,19 @@ IMAGES = [
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (56, 24, 3), dtype=np.uint8)),  # portrait
 ]
 PROMPTS = ["Describe this image in detail.", "Is there a dog?", "What objects can you see in this picture?"]
-STRONG = {  # strengths that visibly move a random tiny model
+STRONG = {  # strengths that visibly move a random tiny model; CFG has its own tests below
     "vhr": VHR(alpha=8.0),
-    "pai": PAI(alpha=3.0),
-    "token_emphasis": TokenEmphasis(local=5.0, spatial=3.0),
+    "pai": PAI(alpha=3.0, cfg=False),
+    "token_emphasis": TokenEmphasis(local=5.0, summary=3.0, cfg=False),
 }
-NEUTRAL = {"vhr": VHR(alpha=1.0), "pai": PAI(alpha=0.0), "token_emphasis": TokenEmphasis(local=0.0, spatial=0.0)}
+NEUTRAL = {
+    "vhr": VHR(alpha=1.0),
+    "pai": PAI(alpha=0.0, cfg=False),
+    "token_emphasis": TokenEmphasis(local=0.0, summary=0.0, cfg=False),
+}
 IDENTITY = {  # score edits that run in full but round to the unedited scores (a + 1e-30|a| == a in float32)
-    "pai": PAI(alpha=1e-30),
-    "token_emphasis": TokenEmphasis(local=1e-30, spatial=1e-30),
+    "pai": PAI(alpha=1e-30, cfg=False),
+    "token_emphasis": TokenEmphasis(local=1e-30, summary=1e-30, cfg=False),
 }
 STEPS = 4
 
@@ -202,11 +206,14 @@ def test_composition_and_nesting_equal_applying_together(lvlm: LVLM) -> None:
         assert logits(lvlm, batch).isfinite().any(dim=-1).all()
 
 
-def test_cls_attention_probe_matches_eager_attention() -> None:
+@pytest.mark.parametrize(("which", "layer"), [(FIRST_LAYER, 0), (FEATURE_LAYER, -2)])
+def test_cls_attention_probe_matches_eager_attention(which: str, layer: int) -> None:
     lvlm = build_tiny("llava")
-    assert feature_attention(build_tiny("qwen2_vl")) is None and feature_attention(build_tiny("idefics3")) is None
+    assert lvlm.model.config.vision_feature_layer == -2  # the attention inside layers[-2] produced its features
+    for family in ("qwen2_vl", "idefics3"):  # no class token
+        assert vision_attention(build_tiny(family), which) is None
     captured: list[torch.Tensor] = []
-    undo = add_cls_probe(lvlm, captured.append, owner=object())
+    undo = add_cls_probe(lvlm, captured.append, owner=object(), which=which)
     pixels = lvlm.prepare(IMAGES[:1], PROMPTS[:1]).inputs["pixel_values"]
     vision_config = lvlm.model.config.vision_config
     vision_config._attn_implementation = "eager"
@@ -215,7 +222,6 @@ def test_cls_attention_probe_matches_eager_attention() -> None:
     finally:
         vision_config._attn_implementation = "sdpa"
         undo()
-    layer = lvlm.model.config.vision_feature_layer  # -2: the attention inside layers[-2]
     expected = out.attentions[layer].mean(dim=1)[:, 0, 1:]  # heads averaged, CLS row, patches only
     assert len(captured) == 1 and torch.allclose(captured[0], expected, atol=1e-6)
 
