@@ -1,8 +1,8 @@
 """Each method on every tiny family: changes outputs, neutral is a no-op, detach is exact, batched == one-by-one.
 
 A neutral score edit (PAI ``alpha=0``, token emphasis ``local=summary=0``, CFG off) installs nothing, so the no-op
-check of the edit itself uses an identity strength instead: ``a + 1e-30 * |a|`` rounds to ``a`` in float32, yet the whole
-edit path (row recomputation, strengths, CLS probe, generation hook) runs.
+check of the edit itself uses an identity strength instead: ``a + 1e-30 * |a|`` rounds to ``a`` in float32, yet the
+whole edit path (row recomputation, strengths, CLS probe, generation hook) runs.
 """
 
 from __future__ import annotations
