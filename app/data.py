@@ -2,10 +2,13 @@
 
 Nothing here imports Streamlit, so every reader is testable alone. Bad data never crashes a page: scanning
 collects problems as messages, and the per-file readers raise :class:`InputDataError` naming the file and what
-is wrong, which the pages show. Only run directories directly inside the runs directory are read (symlinks that
-lead outside are refused). A manifest records absolute paths of images and COCO annotations; when such a file is
-missing (runs copied to another machine, test fixtures) a file of the same name is looked up in
-``<run>/assets/`` and then ``<runs dir>/assets/`` (see app/README.md).
+is wrong, which the pages show. Run directories are found at any depth inside the runs directory (``halluc demo``
+nests them as ``<system>__<images>/<job>``; a run's id is its path relative to the runs directory), but never
+inside another run, and symlinks that lead outside are refused. A manifest records absolute paths of images and
+COCO annotations; a file is shown only from inside the runs directory or the dataset folders the manifest records
+(its ``image_dir`` and the folders of its COCO files). When such a file is missing (runs copied to another
+machine, test fixtures) a file of the same name is looked up in ``<run>/assets/`` and then ``<runs dir>/assets/``
+(see app/README.md).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from halluc.errors import ConfigError, InputDataError
 from halluc.records import load_records
-from halluc.runs import MANIFEST, METRICS, SAMPLES
+from halluc.runs import MANIFEST, METRICS, SAMPLES, resume_command, run_status
 
 __all__ = [
     "ASSETS",
@@ -31,6 +34,7 @@ __all__ = [
     "Run",
     "Scan",
     "chair_details",
+    "dataset_roots",
     "gt_boxes",
     "headline",
     "intervention_label",
@@ -106,7 +110,13 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.manifest.get("status", "unknown"))
+        """finished, failed, running (its writer is alive) or interrupted (its writer died), from the run's lock."""
+        return run_status(self.path, self.manifest)
+
+    @property
+    def resume_command(self) -> str | None:
+        """The command that continues this run (its recorded command plus --resume)."""
+        return resume_command(self.path, self.manifest)
 
     @property
     def model(self) -> str:
@@ -163,7 +173,7 @@ def _count_samples(path: Path) -> int:
     return sum(file.read_bytes().count(b"\n") for file in files if file.is_file())
 
 
-def _load_run(path: Path) -> Run:
+def _load_run(path: Path, run_id: str | None = None) -> Run:
     """Read one run directory; raises InputDataError when its manifest is unusable."""
     manifest = read_json(run_file(path, MANIFEST))
     if not isinstance(manifest, dict):
@@ -178,28 +188,39 @@ def _load_run(path: Path) -> Run:
         if metrics is not None and not isinstance(metrics, dict):
             problems.append(f"{path / METRICS} must hold a JSON object; metrics ignored")
             metrics = None
-    return Run(path.name, path, manifest, metrics, _count_samples(path), tuple(problems))
+    return Run(run_id or path.name, path, manifest, metrics, _count_samples(path), tuple(problems))
+
+
+_MAX_DEPTH = 4  # <runs>/<demo>/<system>__<images>/<job> and one more level
+
+
+def _scan_dir(root: Path, folder: Path, depth: int, runs: list[Run], problems: list[str]) -> None:
+    """Collect the runs in ``folder`` and, below folders that are not runs, deeper ones."""
+    for child in sorted(folder.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or child.name == ASSETS:
+            continue
+        name = child.relative_to(root).as_posix()
+        if not _inside(child, root):
+            problems.append(f"{name}: skipped, it links outside {root}")
+        elif (child / MANIFEST).exists():
+            try:
+                runs.append(_load_run(child, name))
+            except InputDataError as exc:
+                problems.append(f"{name}: {exc}")
+        elif (child / SAMPLES).exists():
+            problems.append(f"{name}: has {SAMPLES} but no {MANIFEST}; not shown")
+        elif depth < _MAX_DEPTH:
+            _scan_dir(root, child, depth + 1, runs, problems)
 
 
 def scan_runs(root: Path) -> Scan:
-    """Every run directly inside ``root``, newest first; unreadable ones become messages, never exceptions."""
+    """Every run inside ``root`` (nested folders included), newest first; unreadable ones become messages."""
     root = Path(root).resolve()
     if not root.is_dir():
         return Scan(root, (), (f"runs directory {root} does not exist",))
     runs: list[Run] = []
     problems: list[str] = []
-    for child in sorted(root.iterdir()):
-        if not child.is_dir() or child.name.startswith(".") or child.name == ASSETS:
-            continue
-        if not _inside(child, root):
-            problems.append(f"{child.name}: skipped, it links outside {root}")
-        elif (child / MANIFEST).exists():
-            try:
-                runs.append(_load_run(child))
-            except InputDataError as exc:
-                problems.append(f"{child.name}: {exc}")
-        elif (child / SAMPLES).exists():
-            problems.append(f"{child.name}: has {SAMPLES} but no {MANIFEST}; not shown")
+    _scan_dir(root, root, 1, runs, problems)
     runs.sort(key=lambda r: str(r.manifest.get("started_at", "")), reverse=True)
     return Scan(root, tuple(runs), tuple(problems))
 
@@ -236,12 +257,23 @@ def chair_details(run: Run) -> dict[int, dict[str, Any]] | None:
     return {int(d["image_id"]): d for d in data}
 
 
+def dataset_roots(run: Run) -> list[Path]:
+    """The dataset folders a run's manifest records: its image folder and the folders of its COCO files."""
+    images = run.manifest.get("images")
+    if not isinstance(images, dict):
+        return []
+    roots = [Path(str(images["image_dir"])).expanduser()] if images.get("image_dir") else []
+    roots += [Path(str(images[key])).expanduser().parent for key in ("instances", "captions") if images.get(key)]
+    return roots
+
+
 def locate(run: Run, root: Path, recorded: str | Path | None) -> Path | None:
-    """The file a manifest records, else a same-named file in <run>/assets/ or <root>/assets/, else None."""
+    """The file a manifest or sample records, if it lies inside the runs folder or a dataset folder the manifest
+    records; else a same-named file in <run>/assets/ or <root>/assets/; else None."""
     if not recorded:
         return None
-    path = Path(recorded)
-    if path.is_file():
+    path = Path(recorded).expanduser()
+    if path.is_file() and any(_inside(path, base) for base in [Path(root), *dataset_roots(run)]):
         return path
     for base in (run.path / ASSETS, Path(root) / ASSETS):
         candidate = base / path.name

@@ -89,6 +89,8 @@ def pick_run(runs: Sequence[data.Run], *, label: str = "Run", key: str = "run") 
     run = runs[ids.index(chosen)]
     if run.status != "finished":
         st.warning(f"Run {run.id} is {run.status}: {run.n_samples} of {run.n_requests or '?'} samples so far.")
+    if run.status == "interrupted" and run.resume_command:
+        st.info(f"Resume it with `{run.resume_command}`")
     show_problems(run.problems)
     return run
 

@@ -6,6 +6,7 @@ does so lazily inside each command so ``halluc --help`` stays instant.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -63,9 +64,16 @@ def _print_table(table: Table) -> None:
 
 
 def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
+    from safetensors import SafetensorError
+
+    from halluc.errors import ModelLoadError
     from halluc.models import load_lvlm
 
-    return load_lvlm(model or default_model(), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    name = model or default_model()
+    try:
+        return load_lvlm(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    except SafetensorError as exc:  # a truncated or corrupt weights file
+        raise ModelLoadError(f"cannot load model {str(name)!r}: corrupt weights ({exc}); download it again") from None
 
 
 def _intervention(specs: list[str] | None):
@@ -249,7 +257,9 @@ def demo(
     """Main job on the embedded default: baseline vs every intervention, CHAIR and POPE on toy val and shift."""
     from benchmarks.chair import REPETITION_LEGEND
     from benchmarks.suite import run_suite
+    from halluc.runs import RunStore
 
+    RunStore.check_output(out, resume=True)  # before the model loads: an unwritable --out fails at once
     lvlm = _load_model("", device, "auto", False)
     rows = run_suite(
         lvlm,
@@ -476,7 +486,6 @@ def dashboard(
 ) -> None:
     """Streamlit dashboard over a runs directory, bound to 127.0.0.1."""
     import os
-    import subprocess
 
     from halluc.errors import ConfigError, InputDataError
 
@@ -492,11 +501,39 @@ def dashboard(
         "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]  # fmt: skip
     console.print(f"dashboard over {root}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    raise typer.Exit(_serve(command, {**os.environ, "HALLUC_RUNS_DIR": str(root)}))
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT reached the dashboard command."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _serve(command: list[str], env: dict[str, str]) -> int:
+    """Run the Streamlit server as this command's child and stop it when this command is stopped (SIGTERM/SIGINT)."""
+    import signal
+    import subprocess
+
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server = None
     try:
-        code = subprocess.call(command, env={**os.environ, "HALLUC_RUNS_DIR": str(root)})
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+        server = subprocess.Popen(command, env=env)
+        return server.wait()
+    except _Stop:
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 @world_app.command("build")
@@ -517,11 +554,15 @@ def world_build(
 @runs_app.command("list")
 def runs_list(runs: RunsDirOpt = Path("runs")) -> None:
     """Table of runs: job, model, intervention, images, status and key metrics."""
-    from halluc.runs import list_runs
+    from halluc.runs import list_runs, resume_command, run_status
 
     table = Table("run", "job", "model", "intervention", "images", "status", "metrics")
+    interrupted: list[tuple[Path, str | None]] = []
     for run in list_runs(runs):
         m = run.manifest
+        status = run_status(run.path, m)
+        if status == "interrupted":
+            interrupted.append((run.path, resume_command(run.path, m)))
         metrics = run.metrics() or {}
         headline = ", ".join(f"{k}={v:.3f}" for k, v in _headline(metrics).items())
         table.add_row(
@@ -530,10 +571,13 @@ def runs_list(runs: RunsDirOpt = Path("runs")) -> None:
             Path(str(m.get("model", ""))).name,
             str(m.get("intervention") or "none"),
             str((m.get("images") or {}).get("name", "")),
-            str(m.get("status", "")),
+            status,
             headline,
         )
     _print_table(table)
+    for path, command in interrupted:  # the writer of these died: say how to continue them
+        how = command or "its command plus --resume"
+        console.print(f"{path} was interrupted; resume it with: {how}", soft_wrap=True, highlight=False)
 
 
 @runs_app.command("show")
@@ -556,6 +600,16 @@ def main() -> None:
         app()
     except HallucError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] {exc.strerror}{where}; free some space (or choose another --out) and rerun "
+            "with --resume",
+            highlight=False,
+        )
         sys.exit(2)
 
 

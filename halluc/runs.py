@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -49,6 +50,7 @@ __all__ = [
     "environment_info",
     "list_runs",
     "result_config",
+    "resume_command",
     "run_status",
     "writer_info",
 ]
@@ -96,12 +98,17 @@ def environment_info() -> dict[str, Any]:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temp file and ``os.replace`` so readers never see a partial file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputLocationError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 # Manifest keys that describe the run's life, not its configuration, and options that do not change results
@@ -191,6 +198,19 @@ def _occupied_message(path: Path, manifest: dict[str, Any], *, locked: bool = Fa
     status = run_status(path, manifest)
     state = "an interrupted run" if status == "interrupted" or (locked and status == "running") else "a run"
     return f"run directory {str(path)!r} already holds {state}; pass --resume to continue it or choose another --out"
+
+
+def resume_command(path: Path, manifest: dict[str, Any]) -> str | None:
+    """The ``halluc ...`` command that continues a run: its recorded command plus ``--resume`` (and ``--out``)."""
+    command = manifest.get("command")
+    if not isinstance(command, list) or len(command) < 2:
+        return None
+    args = [str(a) for a in command[1:]]
+    if "--out" not in args:
+        args += ["--out", str(path)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["halluc", *args])
 
 
 @dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -236,6 +238,8 @@ def test_running_run_shows_progress_and_unscored_samples(runs_copy: Path) -> Non
     manifest = json.loads((run / "manifest.json").read_text())
     manifest.update(status="running", finished_at=None)
     (run / "manifest.json").write_text(json.dumps(manifest))
+    # a live writer holds the run's lock (without one the run is "interrupted": tests/test_faults.py)
+    (run / "writer.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     lines = (run / "samples.jsonl").read_text().splitlines()
     (run / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # torn last record
     (run / "metrics.json").unlink()
@@ -333,11 +337,17 @@ def test_cli_dashboard_runs_this_app_on_localhost(monkeypatch: pytest.MonkeyPatc
 
     calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def call(command: list[str], env: dict[str, str]) -> int:
-        calls.append((command, env))
-        return 0
+    class Server:  # the dashboard command owns its server process (started with Popen, stopped with it)
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            calls.append((command, env))
 
-    monkeypatch.setattr(subprocess, "call", call)
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Server)
     result = CliRunner().invoke(app, ["dashboard", "--runs", str(FIXTURES), "--port", "8765"])
     assert result.exit_code == 0, result.output
     [(command, env)] = calls

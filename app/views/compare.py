@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, ui
+from app import charts, comparing, data, ui
+from halluc.errors import InputDataError
 
 __all__: list[str] = []
 
@@ -74,6 +75,28 @@ def _tradeoff(runs: list[data.Run]) -> None:
         )
 
 
+def _comparable(chosen: list[data.Run], job: str) -> list[data.Run] | None:
+    """Warn when the runs measure different things; on request, rescore them on the samples they share."""
+    differences = comparing.differences(chosen)
+    if differences:
+        st.warning(
+            "These runs differ, so their metrics are not directly comparable:\n\n"
+            + "\n".join(f"- {line}" for line in differences)
+        )
+    if len(chosen) < 2 or not st.checkbox("shared samples only", key=f"compare-shared-{job}"):
+        return chosen
+    try:
+        rescored, n_shared = comparing.on_shared_samples(chosen)
+    except InputDataError as exc:
+        st.error(str(exc))
+        return None
+    if not n_shared:
+        st.info("The chosen runs share no sample.")
+        return None
+    st.caption(f"Metrics recomputed on the {n_shared} shared samples of the chosen runs.")
+    return rescored
+
+
 def render(scan: data.Scan) -> None:
     jobs = sorted({run.job for run in scan.runs if run.metrics})
     if not jobs:
@@ -87,11 +110,14 @@ def render(scan: data.Scan) -> None:
     if not chosen:
         st.info("Pick at least one run.")
         return
+    chosen = _comparable(chosen, job)
+    if chosen is None:
+        return
     default = next((i for i, run in enumerate(chosen) if run.intervention == "none"), 0)
     pick = st.selectbox(
         "baseline", chosen_ids, index=default, format_func=lambda i: scan.by_id(i).label, key=f"base-{job}"
     )
-    baseline = scan.by_id(pick)
+    baseline = next(run for run in chosen if run.id == pick)
     keys = list(data.CHAIR_HEADLINE) if job == "chair" else ["mean accuracy", "mean f1", "mean yes_ratio"]
     _cards(chosen, baseline, keys)
     st.subheader("All metrics")

@@ -29,12 +29,17 @@ def _row(run: data.Run) -> dict[str, object]:
 
 
 def _progress(scan: data.Scan) -> None:
-    """A progress bar per run still being written, so long jobs can be watched (refresh to update)."""
+    """A progress bar per run still being written (refresh to update); how to resume each interrupted one."""
     for run in scan.runs:
+        total = run.n_requests or 0
         if run.status == "running":
-            total = run.n_requests or 0
             done = min(1.0, run.n_samples / total) if total else 0.0
             st.progress(done, text=f"{run.id} is running: {run.n_samples} of {total or '?'} samples written")
+        elif run.status == "interrupted":
+            st.warning(
+                f"{run.id} was interrupted after {run.n_samples} of {total or '?'} samples (its writer is gone); "
+                f"resume it with `{run.resume_command or 'its command plus --resume'}`"
+            )
 
 
 def render(scan: data.Scan) -> None:
