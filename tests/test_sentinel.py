@@ -159,7 +159,7 @@ def test_resume_after_interruption_has_no_duplicate_pairs(image_set: ImageSet, t
         fh.write(json.dumps({**expected_pairs(image_set.image_dir)[0], "image_id": 2}) + "\n" + '{"image_id": 2, "y')
     with pytest.raises(OutputLocationError, match="--resume"):
         generate_pairs(ScriptedSource(), ScriptedValidator(), image_set, out, config=config, progress=False)
-    with pytest.raises(OutputLocationError, match="config hash"):
+    with pytest.raises(OutputLocationError, match=r"options differ .*config.batch_images: 1 -> 4"):
         generate_pairs(ScriptedSource(), ScriptedValidator(), image_set, out, resume=True, progress=False)
     source = ScriptedSource()
     result = generate_pairs(source, ScriptedValidator(), image_set, out, config=config, resume=True, progress=False)
