@@ -153,34 +153,35 @@ def generate_pairs(
     }
     manifest["config_hash"] = config_hash(manifest)
     store, writer = _open_run(out, manifest, resume)
-    todo = deque((i, p) for i, p in items if str(i) not in writer.done)
-    skipped, generated, errors = len(items) - len(todo), 0, 0
-    torch.manual_seed(config.seed)
-    bar = tqdm(total=len(todo), desc="sentinel", unit="img", disable=not progress)
-    active: list[_ImageState] = []
-    n_pairs = 0
-    while todo or active:
-        while todo and len(active) < config.batch_images:
-            image_id, path = todo.popleft()
-            try:
-                active.append(_ImageState(image_id, path, tag_image_id(load_image(path), image_id)))
-            except InputDataError as exc:
-                writer.write([], {"image_id": image_id, "image_path": path, "error": str(exc)})
-                errors += 1
+    with store:  # an exception marks the run failed (interrupted on Ctrl-C) and frees its writer lock
+        todo = deque((i, p) for i, p in items if str(i) not in writer.done)
+        skipped, generated, errors = len(items) - len(todo), 0, 0
+        torch.manual_seed(config.seed)
+        bar = tqdm(total=len(todo), desc="sentinel", unit="img", disable=not progress)
+        active: list[_ImageState] = []
+        n_pairs = 0
+        while todo or active:
+            while todo and len(active) < config.batch_images:
+                image_id, path = todo.popleft()
+                try:
+                    active.append(_ImageState(image_id, path, tag_image_id(load_image(path), image_id)))
+                except InputDataError as exc:
+                    writer.write([], {"image_id": image_id, "image_path": path, "error": str(exc)})
+                    errors += 1
+                    bar.update(1)
+            if not active:
+                continue
+            _round(source, validator, active, config)
+            for state in [s for s in active if s.stop_reason is not None]:
+                writer.write(state.pairs, state.image_record(config.question))
+                active.remove(state)
+                generated, n_pairs = generated + 1, n_pairs + len(state.pairs)
+                bar.set_postfix(pairs=n_pairs, refresh=False)
                 bar.update(1)
-        if not active:
-            continue
-        _round(source, validator, active, config)
-        for state in [s for s in active if s.stop_reason is not None]:
-            writer.write(state.pairs, state.image_record(config.question))
-            active.remove(state)
-            generated, n_pairs = generated + 1, n_pairs + len(state.pairs)
-            bar.set_postfix(pairs=n_pairs, refresh=False)
-            bar.update(1)
-    bar.close()
-    stats = pair_stats(store.path)
-    store.write_metrics(stats)
-    store.finish(n_pairs=stats["n_pairs"], n_errors=stats["n_errors"])
+        bar.close()
+        stats = pair_stats(store.path)
+        store.write_metrics(stats)
+        store.finish(n_pairs=stats["n_pairs"], n_errors=stats["n_errors"])
     return GenerationResult(store, stats, generated, skipped, errors)
 
 

@@ -155,6 +155,7 @@ def test_resume_after_interruption_has_no_duplicate_pairs(image_set: ImageSet, t
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):  # killed while sampling for image 2, after image 1 was written
         generate_pairs(ScriptedSource(fail_at=4), ScriptedValidator(), image_set, out, config=config, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
     with (out / "pairs.jsonl").open("a") as fh:  # a kill between an image's pairs and its record, then a torn line
         fh.write(json.dumps({**expected_pairs(image_set.image_dir)[0], "image_id": 2}) + "\n" + '{"image_id": 2, "y')
     with pytest.raises(OutputLocationError, match="--resume"):
