@@ -1,0 +1,116 @@
+"""Kill-and-resume: SIGKILL a toy CHAIR run at random moments, resume it, and compare with an uninterrupted run.
+
+    python scripts/measure_resume.py --images 64 --points 10 --out /tmp/resume-check
+
+One uninterrupted reference run, then for each point a fresh run killed with SIGKILL at a uniformly random time
+between the moment the reference wrote its first sample and its end (a kill may land while a batch is being
+written, or just after the last one), its status read from the run directory ("interrupted" when killed mid-run),
+then ``--resume``; the resumed
+samples.jsonl and metrics.json must equal the reference's exactly. Prints one row per point and a JSON summary;
+exits 1 if any point differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from halluc.runs import RunStore, run_status
+
+CLI = [sys.executable, "-m", "halluc.cli"]
+
+
+def _command(images: int, out: Path, *extra: str) -> list[str]:
+    return [*CLI, "chair", "--images", "toy:val", "--limit", str(images), "--out", str(out), *extra]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _count(run: Path) -> int:
+    file = run / "samples.jsonl"
+    return file.read_bytes().count(b"\n") if file.exists() else 0
+
+
+def _status(run: Path) -> str:
+    if not (run / "manifest.json").exists():
+        return "no run yet"
+    return run_status(run, RunStore.open(run).manifest)
+
+
+def main() -> int:
+    """Run the reference, the killed-and-resumed runs, and print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64, help="toy:val images per run")
+    parser.add_argument("--points", type=int, default=10, help="kill points")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--out", type=Path, required=True, help="scratch folder (emptied first)")
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    start, first = time.monotonic(), None
+    log = args.out / "ref.log"
+    with log.open("w") as sink:
+        ref = subprocess.Popen(_command(args.images, args.out / "ref"), stdout=sink, stderr=sink)
+    while ref.poll() is None:  # note when the first sample lands: kills are drawn from then to the end
+        if first is None and _count(args.out / "ref"):
+            first = time.monotonic() - start
+        time.sleep(0.05)
+    wall = time.monotonic() - start
+    if ref.returncode != 0:
+        print(log.read_text()[-2000:], file=sys.stderr)
+        return 1
+    first = first if first is not None else 0.0
+    reference = _rows(args.out / "ref")
+    ref_metrics = json.loads((args.out / "ref" / "metrics.json").read_text(encoding="utf-8"))
+    print(f"reference: {len(reference)} samples in {wall:.1f} s (first sample after {first:.1f} s)")
+    rng = random.Random(args.seed)
+    results = []
+    print(f"{'point':>5} {'kill at s':>9} {'samples at kill':>15} {'status':>12} {'resume rc':>9} {'identical':>9}")
+    for point in range(args.points):
+        run = args.out / f"killed-{point}"
+        at = rng.uniform(first, wall)
+        proc = subprocess.Popen(_command(args.images, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(at)
+        killed = proc.poll() is None
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        written, status = _count(run), _status(run)
+        resumed = subprocess.run(_command(args.images, run, "--resume"), capture_output=True, text=True, check=False)
+        same = (
+            resumed.returncode == 0
+            and _rows(run) == reference
+            and json.loads((run / "metrics.json").read_text(encoding="utf-8")) == ref_metrics
+        )
+        results.append(
+            {"point": point, "kill_at_s": round(at, 2), "killed": killed, "samples_at_kill": written,
+             "status_after_kill": status, "resume_rc": resumed.returncode, "identical": same}
+        )  # fmt: skip
+        print(f"{point:>5} {at:>9.2f} {written:>15} {status:>12} {resumed.returncode:>9} {str(same):>9}")
+        if resumed.returncode != 0:
+            print(resumed.stderr[-1000:], file=sys.stderr)
+    summary = {
+        "images": args.images,
+        "points": args.points,
+        "killed_mid_run": sum(r["killed"] for r in results),
+        "identical": sum(r["identical"] for r in results),
+        "interrupted_status_after_kill": sum(r["status_after_kill"] == "interrupted" for r in results),
+        "reference_wall_s": round(wall, 1),
+    }
+    print(json.dumps(summary))
+    (args.out / "report.json").write_text(json.dumps({"summary": summary, "points": results}, indent=2) + "\n")
+    return 0 if summary["identical"] == args.points else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
