@@ -36,10 +36,11 @@ would just echo the input token), 2 (1 for a 2-layer model, 0 for 1 layer); ``"l
 ``start == N // 2`` (transformers 4.46.3 ``utils.py:2580-2617``; e.g. the README's LLaMA-7B sets
 ``0,2,...,14`` and ``16,18,...,30``, ``README.md:69-72`` and ``89-92``). Tying is read from the weights rather
 than from ``config.tie_word_embeddings``, which on a VLM's top-level config need not describe its language model.
-Any spec of ``interventions.resolve_layers`` also works (``"0+2+4"``, ``"all"``; ``"default"`` is ``"high"``),
-indices meaning the same inputs as above. Default ``"high"``: the official setting for TruthfulQA
-(``README.md:126-129``), and transformers' advice for short-answer tasks; ``"low"`` is its advice for
-long-answer reasoning (4.46.3 ``configuration_utils.py:158-167``).
+Any spec of ``interventions.resolve_layers`` also works (``"0+2+4"``, ``"all"``; ``"default"`` is ``"low"``),
+indices meaning the same inputs as above. Default ``"low"``: the official setting for open-ended, long-form
+generation (the README's FACTOR / GSM8K / StrategyQA and GPT-4-judged runs, ``README.md:69-72`` and ``89-92``) and
+transformers' advice for long answers (4.46.3 ``configuration_utils.py:158-167``), which detailed captions are;
+``"high"`` is the official TruthfulQA setting (``README.md:126-129``).
 
 DoLa is not image-specific: it acts on every row, text-only samples and beams included. Deviations from the
 official code: per-row selection (above); all arithmetic in float32 (transformers kept the early exits in the
@@ -121,7 +122,7 @@ def dola_contrast(
 class DoLa(Intervention):
     """Contrast the final layer's next-token log-probabilities with the most distant premature layer's."""
 
-    layers: str = "high"
+    layers: str = "low"
     relative_top: float = 0.1
     repetition_penalty: float = 1.2
 
@@ -144,7 +145,7 @@ class DoLa(Intervention):
         tied = lvlm.lm_head.weight is lvlm.model.get_input_embeddings().weight
         if self.layers in BUCKETS:
             return premature_candidates(self.layers, lvlm.num_layers, tied)
-        return resolve_layers(self.layers, lvlm.num_layers, partial(premature_candidates, "high", tied=tied))
+        return resolve_layers(self.layers, lvlm.num_layers, partial(premature_candidates, "low", tied=tied))
 
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """A pre-hook per candidate layer keeping its input's last position, and the per-call contrast hook."""

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scores import generate_with_scores
 from tiny_models import TINY_FAMILIES, build_tiny
-from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
-from halluc.models import LVLM, GenerationHook, PreparedBatch
+from halluc.models import LVLM
 from interventions import PAI, VCD, apply, parse_intervention
 
 torch.set_num_threads(1)
@@ -29,30 +29,9 @@ STEPS = 4
 STRONG = VCD(alpha=3.0, beta=0.05, noise_step=900)
 
 
-class LastScores(GenerationHook, LogitsProcessor):
-    """A hook whose processor runs after every intervention's and records the final scores of each step."""
-
-    def __init__(self) -> None:
-        self.steps: list[torch.Tensor] = []
-
-    def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
-        return [self]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.steps.append(scores.clone())
-        return scores
-
-
 def generate(lvlm: LVLM, images: list, prompts: list[str], config: VCD | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy new tokens ``[batch, STEPS]`` and the final scores ``[STEPS, batch, vocab]``."""
-    recorder = LastScores()
-    with apply(lvlm, *([config] if config else [])):
-        lvlm.generation_hooks.append(recorder)
-        try:
-            ids = lvlm.generate_ids(lvlm.prepare(images, prompts), max_new_tokens=STEPS, min_new_tokens=STEPS)
-        finally:
-            lvlm.generation_hooks.remove(recorder)
-    return ids, torch.stack(recorder.steps)
+    return generate_with_scores(lvlm, images, prompts, config, STEPS)
 
 
 # ----- the reference: written from the official algorithm, one sample, full forwards without a cache -----------

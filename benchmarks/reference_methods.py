@@ -1,0 +1,213 @@
+"""Straightforward eager batch-1 implementations of each method's official algorithm: the yardstick for the
+fidelity tests (``tests/test_fidelity.py``) and for the speed benchmark (``scripts/bench_interventions.py``).
+
+Written from the official code's algorithm (LALBJ/PAI, hasanar1f/PAINT, and the VHR paper's Algorithm 1; the
+VHR repository could not be read here), in its style: eager attention whose pre-softmax scores of the last query
+row are edited in place by layer, ``model.generate`` one sample at a time, CFG as a logits processor with its own
+text-only forward and cache (edits off during it), VHR choosing its heads layer by layer with two full forwards
+per layer. Nothing here uses halluc's intervention machinery; only the configs' values are read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from PIL import Image
+from transformers import AttentionInterface, LogitsProcessor
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from halluc.models import LVLM
+
+__all__ = ["ReferenceRun", "reference_pai", "reference_token_emphasis", "reference_vhr"]
+
+ATTENTION = "halluc_reference_eager"
+EDITS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # layer -> edit of the last row's [heads, keys]
+STATE = {"edits_on": True}  # the official CFG pass turns the edits off
+
+
+def _eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention; the last query row's scores go through ``EDITS[layer]`` when edits are on."""
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    weights = query @ key.transpose(2, 3) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    edit = EDITS.get(module.layer_idx) if STATE["edits_on"] else None
+    if edit is not None:
+        weights[0, :, -1] = edit(weights[0, :, -1])
+    probs = weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    return (probs @ value).transpose(1, 2).contiguous(), probs
+
+
+@contextmanager
+def _eager_edits(lvlm: LVLM) -> Iterator[None]:
+    """The language model on the editing eager attention for the block; edits cleared after."""
+    if ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION, _eager_attention)
+        AttentionMaskInterface.register(ATTENTION, eager_mask)
+    previous = lvlm.attn_implementation
+    lvlm.set_attn_implementation(ATTENTION)
+    try:
+        yield
+    finally:
+        EDITS.clear()
+        STATE["edits_on"] = True
+        lvlm.set_attn_implementation(previous)
+
+
+class _ReferenceCFG(LogitsProcessor):
+    """PAI's CFG.py: ``gamma * (lc - lu) + lu`` on log-probs, ``lc < log(cutoff) + max lc`` set to -inf."""
+
+    def __init__(self, lvlm: LVLM, prompt: str, gamma: float, cutoff: float) -> None:
+        self.model = lvlm.model
+        self.ids = lvlm.text_only([prompt]).inputs["input_ids"]  # [1, text prompt]
+        self.gamma, self.cutoff = gamma, cutoff
+        self.cache = None
+
+    def _unconditional(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        step = self.ids if self.cache is None else input_ids[:, -1:]
+        start = 0 if self.cache is None else self.cache.get_seq_length()
+        positions = torch.arange(start, start + step.shape[1])[None]
+        STATE["edits_on"] = False
+        try:
+            out = self.model(input_ids=step, position_ids=positions, cache=self.cache, use_cache=True)
+        finally:
+            STATE["edits_on"] = True
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        lc = torch.log_softmax(scores.float(), dim=-1)
+        lu = torch.log_softmax(self._unconditional(input_ids).float(), dim=-1)
+        out = self.gamma * (lc - lu) + lu
+        return out.masked_fill(lc < math.log(self.cutoff) + lc.max(dim=-1, keepdim=True).values, -math.inf)
+
+
+class ReferenceRun:
+    """Greedy tokens and the processed scores of each step of one reference generation."""
+
+    def __init__(self, tokens: list[int], scores: list[torch.Tensor]) -> None:
+        self.tokens, self.scores = tokens, scores
+
+
+def _generate(lvlm: LVLM, image: Image.Image | None, prompt: str, new_tokens: int, cfg: _ReferenceCFG | None):
+    inputs = lvlm.prepare([image], [prompt]).inputs
+    out = lvlm.model.generate(
+        **inputs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        logits_processor=[cfg] if cfg else [],
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    return ReferenceRun(out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), [s[0] for s in out.scores])
+
+
+def _image_span(lvlm: LVLM, image: Image.Image | None, prompt: str) -> torch.Tensor:
+    """Positions of the image tokens in the one-sample prompt."""
+    ids = lvlm.prepare([image], [prompt]).inputs["input_ids"][0]
+    return (ids == lvlm.model.config.image_token_id).nonzero().flatten()
+
+
+def _paper_start(num_layers: int) -> int:
+    """The first edited layer: 2 of 32 (PAI's ``--start-layer 2``) scaled to depth, at least 1."""
+    return max(1, math.floor(2 * num_layers / 32 + 0.5))
+
+
+def reference_pai(
+    lvlm: LVLM, image, prompt: str, new_tokens: int, alpha: float, cfg: bool, gamma: float, cutoff: float
+):
+    """PAI: ``S[:, -1, img] += alpha |S[:, -1, img]|`` on layers start..L-1, then CFG when on."""
+    span = _image_span(lvlm, image, prompt)
+
+    def edit(scores: torch.Tensor) -> torch.Tensor:
+        scores[:, span] = scores[:, span] + alpha * scores[:, span].abs()
+        return scores
+
+    with _eager_edits(lvlm):
+        if len(span):
+            EDITS.update({layer: edit for layer in range(_paper_start(lvlm.num_layers), lvlm.num_layers)})
+        return _generate(lvlm, image, prompt, new_tokens, _ReferenceCFG(lvlm, prompt, gamma, cutoff) if cfg else None)
+
+
+def _cls_attention(lvlm: LVLM, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS-to-patch attention (summed over heads) of CLIP's first layer and of the feature layer, one image."""
+    pixels = lvlm.prepare([image], ["x"]).inputs["pixel_values"]
+    lvlm.model.set_attn_implementation({"vision_config": "eager"})
+    try:
+        attentions = lvlm.vision_tower(pixels, output_attentions=True).attentions
+    finally:
+        lvlm.model.set_attn_implementation({"vision_config": "sdpa"})
+    feature = lvlm.model.config.vision_feature_layer
+    return attentions[0][0, :, 0, 1:].sum(0), attentions[feature][0, :, 0, 1:].sum(0)
+
+
+def reference_token_emphasis(
+    lvlm: LVLM, image, prompt: str, new_tokens: int, local: float, summary: float, fraction: float, gamma: float
+):
+    """PAINT (modPAI): local = top int(fraction n) of layer-0 CLS attention minus summary; summary = IQR outliers
+    of the layer -2 CLS attention; ``S += alpha|S|`` / ``beta|S|`` on those image columns; CFG (cut-off 0.1)."""
+    span = _image_span(lvlm, image, prompt)
+    first, feature = (a.detach().float().numpy() for a in _cls_attention(lvlm, image))
+    q1, q3 = (float(v) for v in torch.quantile(torch.from_numpy(feature), torch.tensor([0.25, 0.75])))
+    summary_idx = {int(i) for i in (feature > q3 + 1.5 * (q3 - q1)).nonzero()[0]}
+    top = sorted(range(len(first)), key=lambda i: -first[i])[: max(1, int(fraction * len(first)))]
+    local_idx = [i for i in top if i not in summary_idx]
+    local_cols, summary_cols = span[local_idx], span[sorted(summary_idx)]
+
+    def edit(scores: torch.Tensor) -> torch.Tensor:
+        scores[:, local_cols] = scores[:, local_cols] + local * scores[:, local_cols].abs()
+        scores[:, summary_cols] = scores[:, summary_cols] + summary * scores[:, summary_cols].abs()
+        return scores
+
+    with _eager_edits(lvlm):
+        EDITS.update({layer: edit for layer in range(_paper_start(lvlm.num_layers), lvlm.num_layers)})
+        return _generate(lvlm, image, prompt, new_tokens, _ReferenceCFG(lvlm, prompt, gamma, 0.1))
+
+
+def _vhr_layers(num_layers: int) -> list[int]:
+    """The second layer plus the last 14 of 32, scaled to depth (at least one)."""
+    last = max(1, math.floor(14 * num_layers / 32 + 0.5))
+    return sorted({min(1, num_layers - 1), *range(num_layers - last, num_layers)})
+
+
+def reference_vhr(lvlm: LVLM, image, prompt: str, new_tokens: int, alpha: float):
+    """VHR, Algorithm 1: per VHR layer in order, an image and a text-only forward (earlier layers already
+    reinforced); VHD = ||h_img - h_txt|| per head at the last position; heads whose VHD and text-only squared
+    norm both exceed mean + std get VHD 0; heads above the median VHD are scaled by ``alpha`` while generating."""
+    heads, head_dim = lvlm.num_heads, lvlm.head_dim
+    image_inputs, text_inputs = lvlm.prepare([image], [prompt]).inputs, lvlm.text_only([prompt]).inputs
+    scales: dict[int, torch.Tensor] = {}
+    captured: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args):
+            split = args[0].reshape(*args[0].shape[:-1], heads, head_dim).clone()
+            captured[layer] = split[0, -1].float()
+            if layer in scales:
+                split[:, -1] = split[:, -1] * scales[layer][:, None].to(split.dtype)
+            return (split.reshape(args[0].shape),)
+
+        return hook
+
+    hooks = [lvlm.o_proj(layer).register_forward_pre_hook(make_hook(layer)) for layer in _vhr_layers(lvlm.num_layers)]
+    try:
+        if image is not None:
+            for layer in _vhr_layers(lvlm.num_layers):
+                with torch.no_grad():
+                    lvlm.model(**image_inputs)
+                    with_image = captured[layer]
+                    lvlm.model(**text_inputs)
+                    text_only = captured[layer]
+                vhd, norm = (with_image - text_only).norm(dim=-1), text_only.pow(2).sum(dim=-1)
+                outlier = (vhd > vhd.mean() + vhd.std()) & (norm > norm.mean() + norm.std())
+                vhd = torch.where(outlier, torch.zeros_like(vhd), vhd)
+                scales[layer] = torch.where(vhd > vhd.median(), alpha, 1.0)
+        return _generate(lvlm, image, prompt, new_tokens, None)
+    finally:
+        for hook in hooks:
+            hook.remove()
