@@ -2,13 +2,13 @@
 
     python scripts/bench_interventions.py --model halluc/assets/toy-llava [--new-tokens 32] [--threads 1]
 
-For each method (VHR, token emphasis, PAI, PAI + CFG) it times ``LVLM.generate_ids`` with exactly ``--new-tokens``
+For each method at its defaults (VHR, token emphasis, PAI, PAI's attention edit alone, VCD, DoLa) it times
+``LVLM.generate_ids`` with exactly ``--new-tokens``
 new tokens (EOS suppressed) at batch 1 and 16 and prints tokens/s and the ratio to vanilla, both end to end and
 in steady state (``(T(N) - T(1)) / (N - 1)`` per token, i.e. after the first step, which for VHR holds its head
-selection). It then times BASELINES: straightforward reimplementations of the same edits in the style of the
-papers' public code (eager attention over every row, one sample at a time, VHR selecting layer by layer with two
-forwards per layer), written below in this script, and prints how much faster halluc at batch 16 is, plus whether
-both produce the same tokens at batch 1.
+selection). It then times BASELINES: the straightforward eager batch-1 implementations of the official algorithms
+in :mod:`benchmarks.reference_methods` (the fidelity tests' yardstick), and prints how much faster halluc at batch
+16 is, plus whether both produce the same tokens at batch 1.
 """
 
 from __future__ import annotations
@@ -21,134 +21,44 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from benchmarks.reference_methods import reference_pai, reference_token_emphasis, reference_vhr
 from halluc.defaults import DESCRIBE_PROMPT
-from halluc.models import LVLM, PreparedBatch, load_lvlm
-from interventions import PAI, VHR, Intervention, TokenEmphasis, select_heads, select_tokens
-from interventions.modality import pai_layers
-from interventions.vhr import vhr_layers
+from halluc.models import LVLM, load_lvlm
+from interventions import PAI, VCD, VHR, DoLa, Intervention, TokenEmphasis
 
 METHODS: dict[str, Intervention | None] = {
     "vanilla": None,
     "vhr": VHR(),
-    "token_emphasis": TokenEmphasis(cfg=False),
-    "pai": PAI(cfg=False),
-    "pai+cfg": PAI(),
+    "token_emphasis": TokenEmphasis(),
+    "pai": PAI(),
+    "pai-attention": PAI(cfg=False),
+    "vcd": VCD(),
+    "dola": DoLa(),
 }
 
-# ----- baselines: eager attention, batch 1, edits as in the public reference code --------------------------------
-BASELINE_ATTENTION = "bench_eager_edit"
-LAST_ROW_EDITS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # layer -> edit of [1, heads, keys] scores
+
+# ----- baselines: the eager batch-1 reference implementations of the official algorithms ------------------------
+def _pai(lvlm: LVLM, image: Image.Image, n: int, config: PAI) -> list[int]:
+    return reference_pai(lvlm, image, DESCRIBE_PROMPT, n, config.alpha, config.cfg, config.gamma, config.cutoff).tokens
 
 
-def eager_edit_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """BASELINE: full eager attention; the last query row's scores go through LAST_ROW_EDITS[layer]."""
-    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    weights = query @ key.transpose(2, 3) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    edit = LAST_ROW_EDITS.get(module.layer_idx)
-    if edit is not None:
-        weights[:, :, -1] = edit(weights[:, :, -1])
-    probs = weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    return (probs @ value).transpose(1, 2).contiguous(), probs
+def _token_emphasis(lvlm: LVLM, image: Image.Image, n: int) -> list[int]:
+    c = METHODS["token_emphasis"]
+    return reference_token_emphasis(lvlm, image, DESCRIBE_PROMPT, n, c.local, c.summary, c.fraction, c.gamma).tokens
 
 
-def baseline_generate(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Tensor:
-    """BASELINE: plain ``model.generate`` on one sample with the eager edit attention."""
-    out = lvlm.model.generate(**batch.inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    return out[:, batch.prompt_length :]
-
-
-def baseline_pai(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Tensor:
-    """BASELINE PAI: image slice [start, end) of the last row gets ``a + alpha|a|`` on PAI's layers."""
-    positions = batch.image_positions[0]
-    start, end, alpha = int(positions[0]), int(positions[-1]) + 1, METHODS["pai"].alpha
-
-    def edit(scores: torch.Tensor) -> torch.Tensor:
-        scores[..., start:end] = scores[..., start:end] + alpha * scores[..., start:end].abs()
-        return scores
-
-    LAST_ROW_EDITS.update({layer: edit for layer in pai_layers(lvlm.num_layers)})
-    return baseline_generate(lvlm, batch, new_tokens)
-
-
-def baseline_token_emphasis(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Tensor:
-    """BASELINE token emphasis: eager vision pass for the first and feature layers' CLS attention, then edit."""
-    config = METHODS["token_emphasis"]
-    positions = batch.image_positions[0]
-    vision_config = lvlm.model.config.vision_config
-    vision_config._attn_implementation = "eager"
-    try:
-        vision = lvlm.vision_tower(batch.inputs["pixel_values"], output_attentions=True)
-    finally:
-        vision_config._attn_implementation = "sdpa"
-    first, feature = (vision.attentions[k].mean(dim=1)[0, 0, 1:] for k in (0, lvlm.model.config.vision_feature_layer))
-    local, summary = select_tokens(first, feature, config.fraction)
-    strength = local.float() * config.local + summary.float() * config.summary  # [image tokens], all heads alike
-
-    def edit(scores: torch.Tensor) -> torch.Tensor:
-        scores[..., positions] = scores[..., positions] + strength * scores[..., positions].abs()
-        return scores
-
-    LAST_ROW_EDITS.update({layer: edit for layer in pai_layers(lvlm.num_layers)})
-    return baseline_generate(lvlm, batch, new_tokens)
-
-
-def baseline_vhr(lvlm: LVLM, batch: PreparedBatch, new_tokens: int) -> torch.Tensor:
-    """BASELINE VHR: per VHR layer in order, one image and one text-only forward; then generate with the scales."""
-    alpha, text = VHR().alpha, lvlm.text_only(batch)
-    scales: dict[int, torch.Tensor] = {}
-    captured: dict[int, torch.Tensor] = {}
-
-    def make_hook(layer: int):
-        def hook(module, args):
-            heads = args[0].reshape(*args[0].shape[:-1], lvlm.num_heads, lvlm.head_dim).clone()
-            captured[layer] = heads[0, -1]  # [heads, head_dim] at the last position
-            if layer in scales:
-                heads[:, -1] = heads[:, -1] * scales[layer][:, None]
-            return (heads.reshape(args[0].shape),)
-
-        return hook
-
-    layers = vhr_layers(lvlm.num_layers)
-    hooks = [lvlm.o_proj(layer).register_forward_pre_hook(make_hook(layer)) for layer in layers]
-    try:
-        for layer in layers:
-            lvlm.model(**batch.inputs)
-            with_image = captured[layer]
-            lvlm.model(**text.inputs)
-            text_only = captured[layer]
-            vhd = (with_image - text_only).norm(dim=-1)[None]
-            chosen = select_heads(vhd, text_only.pow(2).sum(dim=-1)[None])[0]
-            scales[layer] = torch.where(chosen, alpha, 1.0)
-        return baseline_generate(lvlm, batch, new_tokens)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-BASELINES = {"vhr": baseline_vhr, "token_emphasis": baseline_token_emphasis, "pai": baseline_pai}
+BASELINES: dict[str, Callable[[LVLM, Image.Image, int], list[int]]] = {
+    "vhr": lambda lvlm, image, n: reference_vhr(lvlm, image, DESCRIBE_PROMPT, n, METHODS["vhr"].alpha).tokens,
+    "token_emphasis": _token_emphasis,
+    "pai": lambda lvlm, image, n: _pai(lvlm, image, n, METHODS["pai"]),
+    "pai-attention": lambda lvlm, image, n: _pai(lvlm, image, n, METHODS["pai-attention"]),
+}
 
 
 def run_baseline(lvlm: LVLM, method: str, images: list[Image.Image], new_tokens: int) -> list[list[int]]:
-    """Run a baseline one sample at a time with the eager edit attention; returns the new tokens per sample."""
-    if BASELINE_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(BASELINE_ATTENTION, eager_edit_attention)
-        AttentionMaskInterface.register(BASELINE_ATTENTION, eager_mask)
-    lvlm.set_attn_implementation(BASELINE_ATTENTION)
-    try:
-        replies = []
-        for image in images:
-            LAST_ROW_EDITS.clear()
-            replies.append(BASELINES[method](lvlm, lvlm.prepare([image], [DESCRIBE_PROMPT]), new_tokens)[0].tolist())
-        return replies
-    finally:
-        LAST_ROW_EDITS.clear()
-        lvlm.set_attn_implementation("sdpa")
+    """Run a reference one sample at a time; returns the new tokens per sample."""
+    return [BASELINES[method](lvlm, image, new_tokens) for image in images]
 
 
 # ----- timing -----------------------------------------------------------------------------------------------------
