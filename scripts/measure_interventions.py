@@ -35,16 +35,24 @@ from benchmarks.sweep import SWEEP_METRICS, run_sweep
 from halluc.defaults import default_model
 from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
-from interventions import PAI, VHR, Intervention, TokenEmphasis
+from interventions import PAI, VCD, VHR, DoLa, Intervention, TokenEmphasis
 
 METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "pope_f1", "mentions_per_caption", "degenerate_share")
 HEADERS = ("CHs", "CHi", "CHi-d", "recall", "POPE F1", "men/cap", "degen%")
-DEFAULTS: dict[str, Intervention | None] = {"baseline": None, "vhr": VHR(), "token_emphasis": TokenEmphasis(),
-                                            "pai": PAI(), "pai+cfg": PAI(cfg=True)}  # fmt: skip
+DEFAULTS: dict[str, Intervention | None] = {
+    "baseline": None,
+    "vhr": VHR(),
+    "token_emphasis": TokenEmphasis(),
+    "pai": PAI(),
+    "pai-attention": PAI(cfg=False),
+    "vcd": VCD(),
+    "dola": DoLa(),
+}
 SWEEP: dict[str, list[Intervention]] = {
     "vhr": [VHR(alpha=a) for a in (1.5, 2.0, 3.0, 4.0)],
     "token_emphasis": [TokenEmphasis(local=s, summary=s * 3 / 7) for s in (0.35, 0.7, 1.4, 2.8)],
-    "pai": [PAI(alpha=a) for a in (0.25, 0.5, 1.0, 2.0)],
+    "pai": [PAI(alpha=a) for a in (0.1, 0.2, 0.5, 1.0)],
+    "vcd": [VCD(alpha=a) for a in (0.5, 1.0, 2.0, 4.0)],
 }
 
 
