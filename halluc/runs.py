@@ -10,22 +10,18 @@ Extra artefacts (per-caption details, heatmaps) live beside them and are also wr
 One writer per run: a second process that opens the run for writing gets OutputLocationError naming the writer.
 The kernel drops the lock when its holder dies, so a ``kill -9`` leaves a stale lock file whose pid is no
 longer alive; the next writer reports it and takes over. :func:`run_status` tells a live run ("running") from one
-whose writer died ("interrupted") by that pid, not by the manifest alone.
+whose writer died ("interrupted") by that pid, not by the manifest alone (the lock lives in halluc/runlock.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import json
-import logging
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -36,6 +32,7 @@ from typing import Any
 
 from halluc.errors import InputDataError, OutputLocationError
 from halluc.records import append_records, read_records, repair_tail, write_records
+from halluc.runlock import LOCK, WriterLock, acquire, busy_message, run_status, writer_alive, writer_info
 
 __all__ = [
     "LOCK",
@@ -58,8 +55,6 @@ __all__ = [
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 METRICS = "metrics.json"
-LOCK = "writer.lock"
-_log = logging.getLogger("halluc")
 _TRACKED_PACKAGES = ("halluc", "torch", "transformers", "accelerate", "ultralytics", "nltk", "pycocotools")
 
 
@@ -147,42 +142,6 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def writer_info(path: Path) -> dict[str, Any] | None:
-    """The writer named in a run directory's lock file (pid, host, started_at, command), or None."""
-    try:
-        info = json.loads((Path(path) / LOCK).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def _writer_alive(info: dict[str, Any]) -> bool | None:
-    """Whether the named writer still runs; None when it ran on another host (cannot tell from here)."""
-    if info.get("host") != socket.gethostname():
-        return None
-    pid = info.get("pid")
-    return isinstance(pid, int) and _pid_alive(pid)
-
-
-def run_status(path: Path, manifest: dict[str, Any]) -> str:
-    """The manifest's status, except that a "running" run whose writer is gone is "interrupted"."""
-    status = str(manifest.get("status", "unknown"))
-    if status != "running":
-        return status
-    info = writer_info(path)
-    return "running" if info is not None and _writer_alive(info) is not False else "interrupted"
-
-
 def _make_writable_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -214,77 +173,6 @@ def resume_command(path: Path, manifest: dict[str, Any]) -> str | None:
 
 
 @dataclass
-class _WriterLock:
-    """An exclusive ``flock`` on ``<run>/writer.lock``; ``release`` removes the file, then drops the lock."""
-
-    path: Path
-    fd: int
-
-    def release(self) -> None:
-        if self.fd < 0:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self.fd)
-        self.fd = -1
-        _HELD.pop(self.path, None)
-
-
-_HELD: dict[Path, _WriterLock] = {}  # locks this process holds; a newer store of the same run takes the lock over
-
-
-def _busy_message(run_dir: Path) -> str:
-    info = writer_info(run_dir) or {}
-    who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('started_at', '?')}"
-    return (
-        f"run directory {str(run_dir)!r} is being written by another process ({who}); "
-        "wait for it to finish, stop it, or choose another --out"
-    )
-
-
-def _acquire(run_dir: Path) -> tuple[_WriterLock, bool]:
-    """Take the run's writer lock (or reuse this process's); report a stale lock left by a dead writer."""
-    lock_path = run_dir.resolve() / LOCK
-    held = _HELD.get(lock_path)
-    if held is not None and held.fd >= 0:
-        return held, False
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputLocationError(f"cannot create {str(lock_path)!r}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OutputLocationError(_busy_message(run_dir)) from None
-            raise OutputLocationError(f"cannot lock {str(lock_path)!r}: {exc.strerror}") from None
-        try:
-            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            break
-        os.close(fd)  # the previous writer removed the file between our open and flock: lock the new one
-    previous = os.read(fd, 4096)
-    with contextlib.suppress(ValueError):
-        old = json.loads(previous) if previous.strip() else None
-        if isinstance(old, dict) and old.get("pid") != os.getpid():
-            _log.warning(
-                "run %s: its previous writer (pid %s on %s, started %s) stopped without finishing; "
-                "taking over its stale lock",
-                run_dir, old.get("pid"), old.get("host"), old.get("started_at"),
-            )  # fmt: skip
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now(), "command": sys.argv}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(info).encode(), 0)
-    lock = _WriterLock(lock_path, fd)
-    _HELD[lock_path] = lock
-    return lock, True
-
-
-@dataclass
 class RunStore:
     """A run directory: manifest, append-only samples and atomically written metrics.
 
@@ -294,7 +182,7 @@ class RunStore:
 
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
-    _lock: _WriterLock | None = field(default=None, repr=False, compare=False)
+    _lock: WriterLock | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def check_output(cls, path: Path, *, resume: bool = False) -> None:
@@ -302,8 +190,8 @@ class RunStore:
         path = Path(path)
         _make_writable_dir(path)
         info = writer_info(path)
-        if info is not None and info.get("pid") != os.getpid() and _writer_alive(info) is not False:
-            raise OutputLocationError(_busy_message(path))
+        if info is not None and info.get("pid") != os.getpid() and writer_alive(info) is not False:
+            raise OutputLocationError(busy_message(path))
         if (path / MANIFEST).exists() and not resume and (path / SAMPLES).exists():
             raise OutputLocationError(_occupied_message(path, cls.open(path).manifest))
 
@@ -312,7 +200,7 @@ class RunStore:
         """Open ``path`` as a new run, or continue it when ``resume`` is set and it already holds samples."""
         path = Path(path)
         _make_writable_dir(path)
-        lock, acquired = _acquire(path)
+        lock, acquired = acquire(path)
         store = cls(path=path, _lock=lock)
         try:
             store.manifest = store._start(manifest, resume)
