@@ -189,6 +189,8 @@ class RunStore:
         """Refuse, before any model loads, an output directory that cannot be written or is not free to write."""
         path = Path(path)
         _make_writable_dir(path)
+        if os.environ.get("RANK", "0").strip() not in ("", "0"):
+            return  # a launched process other than the main one: the main one checks, then takes the lock
         info = writer_info(path)
         if info is not None and info.get("pid") != os.getpid() and writer_alive(info) is not False:
             raise OutputLocationError(busy_message(path))
