@@ -16,7 +16,15 @@ import torch
 
 from benchmarks import chair, pope
 from benchmarks.chair import GroundTruth
-from benchmarks.runner import GenerationSettings, Request, RunSummary, distributed_state, run_generation, unique_samples
+from benchmarks.runner import (
+    GenerationSettings,
+    Request,
+    RunSummary,
+    distributed_state,
+    firing_summary,
+    run_generation,
+    unique_samples,
+)
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import InputDataError
 from halluc.imagesets import ImageSet
@@ -190,6 +198,7 @@ def run_chair(
         ok = [{"image_id": s["image_id"], "caption": s["response"]} for s in samples if "error" not in s]
         metrics, details = chair.score_records(ok, gt, mode=mode)
         metrics["n_errors"] = len(samples) - len(ok)
+        metrics["firing"] = firing_summary(samples)
         store.write_artifact("chair_details.json", details)
         store.write_metrics(metrics)
         store.finish(n_errors=metrics["n_errors"])
@@ -239,11 +248,13 @@ def run_pope(
         )
         if not _is_main():
             return JobResult(store, {}, summary)
-        answers = {s["id"]: s.get("response") for s in _samples(store)}
+        samples = _samples(store)
+        answers = {s["id"]: s.get("response") for s in samples}
         scored = [pope.score_answer(q, answers[_pope_request_id(q)], strict=strict) for q in questions
                   if answers.get(_pope_request_id(q)) is not None]  # fmt: skip
         metrics = pope.aggregate(scored)
         metrics["n_errors"] = len(questions) - len(scored)
+        metrics["firing"] = firing_summary(samples)
         store.write_artifact("pope_questions.json", [{**q.to_dict(), "split": q.split} for q in questions])
         store.write_artifact("pope_scored.json", scored)
         store.write_metrics(metrics)

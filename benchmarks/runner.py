@@ -27,6 +27,7 @@ __all__ = [
     "Request",
     "RunSummary",
     "distributed_state",
+    "firing_summary",
     "run_generation",
     "unique_samples",
 ]
@@ -164,14 +165,17 @@ def run_generation(
                 records[req.id] = _record(req, error=str(exc))
                 errors += 1
         if ok:
+            firing: list[dict[str, Any]] = []  # what the intervention did to each sample (proof of firing)
             texts = lvlm.generate(
                 [img for _, img in ok],
                 [req.prompt for req, _ in ok],
                 batch_size=len(ok),
                 intervention=intervention,
+                **({"firing": firing} if intervention is not None else {}),
                 **settings.generate_kwargs(),
             )
-            records.update({req.id: _record(req, response=text) for (req, _), text in zip(ok, texts, strict=True)})
+            for k, ((req, _), text) in enumerate(zip(ok, texts, strict=True)):
+                records[req.id] = _record(req, response=text, firing=firing[k] if firing else None)
         store.append([records[req.id] for req in chunk], shard=shard)
         bar.update(len(chunk))
     bar.close()
@@ -183,11 +187,30 @@ def run_generation(
     return RunSummary(generated=len(todo) - errors, skipped=len(mine) - len(todo), errors=errors)
 
 
-def _record(req: Request, *, response: str | None = None, error: str | None = None) -> dict[str, Any]:
+def _record(
+    req: Request, *, response: str | None = None, error: str | None = None, firing: dict[str, Any] | None = None
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": req.id, "image": Path(req.image).name if req.image else None, "prompt": req.prompt}
     rec.update(req.meta)
     if error is not None:
         rec["error"] = error
     else:
         rec["response"] = response
+    if firing:
+        rec["firing"] = firing
     return rec
+
+
+def firing_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the intervention did over a run, from the samples' ``firing`` records: how many samples it changed
+    (first-step log-probabilities or the top token) and the mean change; None for a run without intervention."""
+    fired = [r["firing"] for r in records if isinstance(r.get("firing"), dict)]
+    changes = [f["first_step_change"] for f in fired if isinstance(f.get("first_step_change"), int | float)]
+    if not fired:
+        return None
+    return {
+        "samples": len(fired),
+        "changed_samples": sum(change > 0 for change in changes),
+        "top1_changed_samples": sum(bool(f.get("top1_changed")) for f in fired),
+        "mean_first_step_change": sum(changes) / len(changes) if changes else None,
+    }

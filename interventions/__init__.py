@@ -42,6 +42,7 @@ from interventions.base import (
 from interventions.batching import add_generation_hook, fit, image_key_mask, paired_inputs, run_prefill
 from interventions.contrastive import ContrastBranch, ContrastiveGuidance
 from interventions.dola import DoLa
+from interventions.firing import FiringMonitor
 from interventions.head_edit import HeadEdit, add_head_hooks, scale_last_position
 from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
 from interventions.modality import PAI
@@ -63,6 +64,7 @@ __all__ = [
     "ContrastBranch",
     "ContrastiveGuidance",
     "DoLa",
+    "FiringMonitor",
     "GenerationHook",
     "Handle",
     "HeadEdit",

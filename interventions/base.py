@@ -21,6 +21,8 @@ from typing import Any, ClassVar, ParamSpec, TypeVar, get_type_hints
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM
+from interventions.batching import add_generation_hook
+from interventions.firing import FiringMonitor
 
 __all__ = [
     "REGISTRY",
@@ -212,14 +214,20 @@ def apply(lvlm: LVLM, *configs: Intervention | Composite | str) -> Iterator[list
 
     Nesting-safe: an inner block never touches an outer block's hooks. The attention implementation is shared and
     reference-counted per model, so it returns to what it was before the first edit once the last one is removed.
+    After the parts, a ``FiringMonitor`` measures their first-step effect on every generate call (see firing.py).
     """
     parts = _flatten(configs)
     handles: list[Handle] = []
+    remove_monitor = None
     try:
         for part in parts:
             handles.append(part.attach(lvlm))
+        if parts:
+            remove_monitor = add_generation_hook(lvlm, FiringMonitor([part.name for part in parts]))
         yield handles
     finally:
+        if remove_monitor is not None:
+            remove_monitor()
         for handle in reversed(handles):
             handle.remove()
 

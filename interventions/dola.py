@@ -184,6 +184,15 @@ class _Contrast(GenerationHook):
     def on_generate_start(self, lvlm: LVLM, batch: PreparedBatch) -> None:
         """Arm the capture."""
         self._hidden = {}
+        self.chosen: list[torch.Tensor] = []  # per step: [rows] index into ``layers`` of the premature layer used
+
+    def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
+        """Per sample: the premature layer each step contrasted against (its first row when beams repeat it)."""
+        if not self.chosen:
+            return None
+        per_sample = self.chosen[0].shape[0] // len(batch)
+        steps = torch.stack(self.chosen)[:, ::per_sample].T.tolist()  # [samples, steps]
+        return [{"dola": {"premature_layers": [self.layers[i] for i in row]}} for row in steps]
 
     def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
         """A fresh contrast processor for this call, told each sample's left padding (kept out of the penalty)."""
@@ -214,7 +223,8 @@ class _LayerContrast(LogitsProcessor):
         weight = self.lm_head.weight
         with torch.no_grad():
             early = self.lm_head(hidden.to(weight.device, weight.dtype)).to(scores.device)  # [candidates, rows, vocab]
-        contrast, _ = dola_contrast(scores, early, self.state.config.relative_top)
+        contrast, chosen = dola_contrast(scores, early, self.state.config.relative_top)
+        self.state.chosen.append(chosen.cpu())
         config = self.state.config
         if config.repetition_penalty != 1:
             if self.penalty is None:

@@ -23,6 +23,7 @@ setting does, and edits every layer from there to the last.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor
@@ -68,7 +69,8 @@ class PAI(Intervention):
         """Attach the score edit (unless alpha is 0) and the per-call hook that arms it and adds CFG."""
         state = _Rebalance(self)
         if self.alpha > 0:
-            handle.on_remove(add_row_edit(lvlm, resolve_layers(self.layers, lvlm.num_layers, pai_layers), state))
+            state.layers = resolve_layers(self.layers, lvlm.num_layers, pai_layers)
+            handle.on_remove(add_row_edit(lvlm, state.layers, state))
         handle.on_remove(add_generation_hook(lvlm, state))
 
 
@@ -78,6 +80,7 @@ class _Rebalance(GenerationHook):
     def __init__(self, config: PAI) -> None:
         """Idle until a generate call provides a batch."""
         self.config = config
+        self.layers: tuple[int, ...] = ()  # edited layers (none when alpha is 0)
         self._strength: torch.Tensor | None = None  # [batch, 1, prompt]: alpha at image keys, else 0
         self._fitted: tuple[tuple[int, int], torch.Tensor] | None = None
 
@@ -103,6 +106,19 @@ class _Rebalance(GenerationHook):
         if not self.config.cfg:
             return []
         return [ContrastiveGuidance(ContrastBranch.text_only(lvlm, batch), self.config.gamma, self.config.cutoff)]
+
+    def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
+        """Per sample: the layers edited, how many image keys each edit raised, and whether CFG ran."""
+        return [
+            {
+                "pai": {
+                    "layers": list(self.layers),
+                    "image_keys": len(positions) if self.layers else 0,
+                    "cfg": self.config.cfg,
+                }
+            }
+            for positions in batch.image_positions
+        ]
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Disarm, so the layers are plain SDPA between calls."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,21 @@ class _Emphasis(GenerationHook):
         if not self.config.cfg:
             return []
         return [ContrastiveGuidance(ContrastBranch.text_only(lvlm, batch), self.config.gamma, self.config.cutoff)]
+
+    def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
+        """Per sample: how many local and summary tokens were raised, read from the CLS probes or the LM."""
+        if not self._layers:
+            return None
+        first = self._layers[min(self._layers)]  # [rows, heads, prompt] strengths of the first edited layer
+        per_sample = first.shape[0] // len(batch)
+        config, reports = self.config, []
+        for i, positions in enumerate(batch.image_positions):
+            row = first[i * per_sample, :, positions].amax(dim=0) if len(positions) else first.new_zeros(0)
+            source = "cls" if i in (self._cls_selection or {}) else "lm-attention" if len(positions) else "none"
+            local = int((row == config.local).sum()) if config.local > 0 else 0
+            summary = int((row == config.summary).sum()) if config.summary > 0 else 0
+            reports.append({"token_emphasis": {"local_tokens": local, "summary_tokens": summary, "source": source}})
+        return reports
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Disarm and drop the call's measurements."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -114,3 +115,7 @@ class _NoisedContrast(GenerationHook):
         config = self.config
         branch = ContrastBranch(lvlm, noised_inputs(lvlm, batch, config.noise_step, config.seed))
         return [ContrastiveGuidance(branch, gamma=1 + config.alpha, cutoff=config.beta)]
+
+    def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
+        """Per sample: whether it had an image to noise (without one both branches agree)."""
+        return [{"vcd": {"noised_image": has}} for has in batch.has_image]

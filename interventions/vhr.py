@@ -24,6 +24,7 @@ the first layer, which has no vision-aware heads yet, is never edited. (Before, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -112,6 +113,20 @@ class _Reinforcement(GenerationHook):
                 run_prefill(lvlm, paired_inputs(lvlm, batch))
         finally:
             self.selecting = False
+
+    def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
+        """Per sample: the heads reinforced in each VHR layer (none for a sample without an image)."""
+        chosen = {layer: (scale != 1.0).tolist() for layer, scale in self.scales.items()}  # layer -> [B][heads]
+        return [
+            {
+                "vhr": {
+                    "heads": {str(layer): [h for h, on in enumerate(rows[i]) if on] for layer, rows in chosen.items()}
+                }
+            }
+            if batch.has_image[i]
+            else {"vhr": {"heads": {}}}
+            for i in range(len(batch))
+        ]
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Forget the selection, so hooks are no-ops between calls."""

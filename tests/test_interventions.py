@@ -20,6 +20,7 @@ from interventions import (
     VCD,
     VHR,
     Composite,
+    FiringMonitor,
     Intervention,
     TokenEmphasis,
     apply,
@@ -194,9 +195,10 @@ def test_handles_apply_and_nesting_restore_the_model() -> None:
     with apply(lvlm, VHR(), PAI()) as outer:
         assert len(outer) == 2 and len(o_proj._forward_pre_hooks) == 2
         with apply(lvlm, TokenEmphasis()):
-            assert len(lvlm.generation_hooks) == 3
+            assert len(lvlm.generation_hooks) == 5  # each block: its methods' hooks, then its firing monitor
         assert lvlm.attn_implementation == ATTENTION_NAME  # PAI still uses it (reference-counted)
-        assert len(lvlm.generation_hooks) == 2 and len(o_proj._forward_pre_hooks) == 2
+        assert len(lvlm.generation_hooks) == 3 and len(o_proj._forward_pre_hooks) == 2
+        assert isinstance(lvlm.generation_hooks[-1], FiringMonitor)
     assert lvlm.attn_implementation == "sdpa" and lvlm.generation_hooks == []
     assert list(o_proj._forward_pre_hooks) == [users_hook.id]
     users_hook.remove()
@@ -249,7 +251,7 @@ def test_intervene_decorator_and_composite() -> None:
         seen.append((model.attn_implementation, len(model.generation_hooks)))
         return label
 
-    assert probe(lvlm, "x") == "x" and seen == [(ATTENTION_NAME, 2)]
+    assert probe(lvlm, "x") == "x" and seen == [(ATTENTION_NAME, 3)]
     assert lvlm.generation_hooks == []
     with pytest.raises(ConfigError, match="needs the LVLM as the first argument"):
         probe("not a model", "x")

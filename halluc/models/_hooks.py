@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from halluc.errors import ConfigError
 
@@ -34,6 +34,11 @@ class GenerationHook:
     def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
         """Extra logits processors for this call (fresh instances; may be empty)."""
         return []
+
+    def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
+        """What this hook did to each sample of the call just made (one dict per sample), or None: read after
+        ``model.generate`` and before ``on_generate_end``, into ``generate(..., firing=...)``."""
+        return None
 
     def on_generate_end(self, lvlm: LVLM) -> None:
         """Called in a ``finally`` after ``model.generate``, so per-call state is always cleared."""

@@ -206,13 +206,15 @@ class LVLM:
         do_sample: bool = False,
         logits_processor: Sequence[LogitsProcessor] | None = None,
         intervention: InterventionArg = None,
+        firing: list[dict[str, Any]] | None = None,
         **generation_kwargs: Any,
     ) -> torch.LongTensor:
         """Run ``model.generate`` on a prepared batch and return only the new tokens, ``[batch, new]``.
 
         ``intervention``: an Intervention, a spec string such as ``"vhr:alpha=2"``, or a list of them (applied in
         order for this call). Each hook in ``generation_hooks`` is started first, may add logits processors, and is
-        always ended.
+        always ended. ``firing``: when a list, one dict per sample is appended, merging what each hook reports it
+        did (``GenerationHook.report``).
         """
         with applied(self, intervention), ExitStack() as ended:
             processors = LogitsProcessorList(logits_processor or [])
@@ -228,7 +230,17 @@ class LVLM:
                 logits_processor=processors,
                 **generation_kwargs,
             )
+            if firing is not None:
+                firing.extend(self._reports(batch))
         return output[:, batch.prompt_length :]
+
+    def _reports(self, batch: PreparedBatch) -> list[dict[str, Any]]:
+        """One dict per sample: every generation hook's report of the call just made, merged in hook order."""
+        merged: list[dict[str, Any]] = [{} for _ in range(len(batch))]
+        for hook in self.generation_hooks:
+            for sample, entry in zip(merged, hook.report(self, batch) or [{}] * len(batch), strict=True):
+                sample.update(entry)
+        return merged
 
     def generate(
         self,
@@ -240,6 +252,7 @@ class LVLM:
         batch_size: int | None = None,
         logits_processor: Sequence[LogitsProcessor] | None = None,
         intervention: InterventionArg = None,
+        firing: list[dict[str, Any]] | None = None,
         **generation_kwargs: Any,
     ) -> list[str]:
         """Generate a reply per (image, prompt) in chunks of ``batch_size``; returns decoded new text, stripped.
@@ -259,6 +272,7 @@ class LVLM:
                     max_new_tokens=max_new_tokens,
                     do_sample=do_sample,
                     logits_processor=logits_processor,
+                    firing=firing,
                     **generation_kwargs,
                 )
                 texts = self.processor.batch_decode(new_ids, skip_special_tokens=True)
