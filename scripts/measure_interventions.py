@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--chair-images", type=int, default=100)
     parser.add_argument("--pope-images", type=int, default=40)
-    parser.add_argument("--sweep-images", default="toy:shift")
+    parser.add_argument("--sweep-images", default="toy:shift", help="image set of the strength sweep; '' skips it")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,11 +127,13 @@ def main() -> None:
             }
         summary.append(entry)
 
-    sweep_ids = subset_ids(args.sweep_images, args.chair_images, args.seeds[0], args.out)
-    sweep_set = resolve_images(args.sweep_images, ids_file=sweep_ids)
-    settings = GenerationSettings(max_new_tokens=128, batch_size=args.batch_size)
-    swept = run_sweep(lvlm, sweep_set, args.out / "sweep", SWEEP, settings=settings, seed=args.seeds[0])
-    sweep = {"images": args.sweep_images, **swept}
+    sweep: dict[str, Any] = {"images": None, "points": [], "pareto": [], "degenerate": []}
+    if args.sweep_images:
+        sweep_ids = subset_ids(args.sweep_images, args.chair_images, args.seeds[0], args.out)
+        sweep_set = resolve_images(args.sweep_images, ids_file=sweep_ids)
+        settings = GenerationSettings(max_new_tokens=128, batch_size=args.batch_size)
+        swept = run_sweep(lvlm, sweep_set, args.out / "sweep", SWEEP, settings=settings, seed=args.seeds[0])
+        sweep = {"images": args.sweep_images, **swept}
     points = sweep["points"]
     differences = paired_differences(args.out, args.seeds, [e["system"] for e in summary], args.images)
     report = {"summary": summary, "differences": differences, "sweep": sweep}
@@ -148,12 +150,13 @@ def main() -> None:
     for d in differences:
         cells = " ".join(f"{interval(d[m]):>22}" for m in RATIOS)
         print(f"{d['system']:16} {d['images']:9} {cells}")
-    print(f"\nstrength sweep on {args.sweep_images} (* = Pareto front of CHi against recall)")
-    print(f"  {'setting':28} " + " ".join(f"{h:>7}" for h in HEADERS if h != "POPE F1"))
-    for p in points:
-        flag = "*" if p["label"] in sweep["pareto"] else "!" if p["label"] in sweep["degenerate"] else " "
-        print(f"{flag} {p['label']:28} " + " ".join(f"{cell(m, p[m]):>7}" for m in SWEEP_METRICS))
-    print(REPETITION_LEGEND + " (left out of the Pareto front)")
+    if points:
+        print(f"\nstrength sweep on {args.sweep_images} (* = Pareto front of CHi against recall)")
+        print(f"  {'setting':28} " + " ".join(f"{h:>7}" for h in HEADERS if h != "POPE F1"))
+        for p in points:
+            flag = "*" if p["label"] in sweep["pareto"] else "!" if p["label"] in sweep["degenerate"] else " "
+            print(f"{flag} {p['label']:28} " + " ".join(f"{cell(m, p[m]):>7}" for m in SWEEP_METRICS))
+        print(REPETITION_LEGEND + " (left out of the Pareto front)")
 
 
 if __name__ == "__main__":
