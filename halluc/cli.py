@@ -43,6 +43,7 @@ ImagesOpt = Annotated[str, typer.Option("--images", help="toy:val, toy:shift, or
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<job>-<timestamp>).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per generation batch.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling, subsets).")]
+BeamsOpt = Annotated[int, typer.Option("--num-beams", min=1, help="Beam search width (1: greedy).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
@@ -76,14 +77,16 @@ def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
         raise ModelLoadError(f"cannot load model {str(name)!r}: corrupt weights ({exc}); download it again") from None
 
 
-def _intervention(specs: list[str] | None):
-    """Parse repeated --intervention specs into one (composed) intervention, or None."""
+def _intervention(specs: list[str] | None, num_beams: int = 1):
+    """Parse repeated --intervention specs into one (composed) intervention, or None; check it can decode so."""
     if not specs:
         return None
-    from interventions import Composite, parse_intervention
+    from interventions import Composite, check_decoding, parse_intervention
 
     parsed = [parse_intervention(spec) for spec in specs]
-    return parsed[0] if len(parsed) == 1 else Composite(tuple(parsed))
+    config = parsed[0] if len(parsed) == 1 else Composite(tuple(parsed))
+    check_decoding(config, num_beams)
+    return config
 
 
 def _out_dir(out: Path | None, job: str) -> Path:
@@ -107,6 +110,7 @@ def chair(
     corrected: Annotated[bool, typer.Option("--corrected", help="Fix the reference CHAIR quirks.")] = False,
     out: OutOpt = None,
     batch_size: BatchOpt = 16,
+    num_beams: BeamsOpt = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
@@ -121,7 +125,7 @@ def chair(
 
     # every input is checked before the model loads: a typo must not cost a 7B model load
     image_set = resolve_images(images, instances=annotations, captions=captions, ids_file=image_ids, limit=limit)
-    spec = _intervention(intervention)
+    spec = _intervention(intervention, num_beams)
     mode = "corrected" if corrected else "reference"
     gt = chair_ground_truth(image_set, gt_file, mode)
     run_dir = _out_dir(out, "chair")
@@ -131,7 +135,7 @@ def chair(
         lvlm,
         image_set,
         run_dir,
-        settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+        settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, num_beams=num_beams),
         intervention=spec,
         prompt=prompt,
         gt_file=gt_file,
@@ -157,6 +161,7 @@ def pope(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 8,
     out: OutOpt = None,
     batch_size: BatchOpt = 32,
+    num_beams: BeamsOpt = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
@@ -173,7 +178,7 @@ def pope(
     image_set = resolve_images(images, instances=annotations)
     loaded = [q for path in questions for q in _labelled(path, load_questions(path))] if questions else None
     checked = pope_questions(image_set, loaded, n_images=n_images, seed=seed)
-    spec = _intervention(intervention)
+    spec = _intervention(intervention, num_beams)
     run_dir = _out_dir(out, "pope")
     RunStore.check_output(run_dir, resume=resume)
     lvlm = _load_model(model, device, dtype, trust_remote_code)
@@ -183,7 +188,7 @@ def pope(
         run_dir,
         questions=checked,
         n_images=n_images,
-        settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+        settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, num_beams=num_beams),
         intervention=spec,
         strict=strict,
         seed=seed,

@@ -30,6 +30,7 @@ __all__ = [
     "Handle",
     "Intervention",
     "apply",
+    "check_decoding",
     "from_dict",
     "intervene",
     "parse_intervention",
@@ -118,6 +119,11 @@ class Intervention:
     def check(self) -> None:
         """Validate field values, raising ConfigError naming the bad one; subclasses override it."""
 
+    def follows_one_row_per_sample(self) -> bool:
+        """Whether this method needs exactly one generated sequence per prompt (a contrast branch steps with it),
+        so beam search cannot run it; subclasses with such a branch override it."""
+        return False
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Install this method's machinery on ``lvlm``, recording each undo step on ``handle`` as it goes."""
         raise NotImplementedError(f"{type(self).__name__} must implement install()")
@@ -191,6 +197,17 @@ class Composite:
     def to_json(self) -> str:
         """The composite as one JSON object."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def check_decoding(config: Intervention | Composite | None, num_beams: int) -> None:
+    """Refuse, before any model loads, a beam search that a method's contrast branch cannot follow."""
+    parts = [] if config is None else _flatten((config,))
+    blocked = [part.to_spec() for part in parts if part.follows_one_row_per_sample()]
+    if num_beams > 1 and blocked:
+        raise ConfigError(
+            f"--num-beams {num_beams} cannot run {', '.join(blocked)}: its contrast branch follows one sequence per "
+            "prompt; use greedy decoding (--num-beams 1) or turn the branch off (e.g. cfg=false)"
+        )
 
 
 def _flatten(configs: tuple[Intervention | Composite | str, ...]) -> list[Intervention]:

@@ -65,6 +65,10 @@ class PAI(Intervention):
             raise ConfigError(f"pai: cutoff must be in [0, 1), got {self.cutoff!r}")
         check_layer_spec(self.layers)
 
+    def follows_one_row_per_sample(self) -> bool:
+        """CFG's text-only branch steps with one sequence per prompt (when on)."""
+        return self.cfg
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Attach the score edit (unless alpha is 0) and the per-call hook that arms it and adds CFG."""
         state = _Rebalance(self)

@@ -102,6 +102,10 @@ class TokenEmphasis(Intervention):
             raise ConfigError(f"token_emphasis: cutoff must be in [0, 1), got {self.cutoff!r}")
         check_layer_spec(self.layers)
 
+    def follows_one_row_per_sample(self) -> bool:
+        """CFG's text-only branch steps with one sequence per prompt (when on)."""
+        return self.cfg
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Attach the score edit and the two CLS probes (when the encoder has a class token), and the per-call hook."""
         state = _Emphasis(self)

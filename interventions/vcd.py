@@ -96,6 +96,10 @@ class VCD(Intervention):
         if self.seed < 0:
             raise ConfigError(f"vcd: seed must be >= 0, got {self.seed!r}")
 
+    def follows_one_row_per_sample(self) -> bool:
+        """The noised-image branch steps with one sequence per prompt."""
+        return True
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Register the per-call hook that builds the noised branch and its processor."""
         handle.on_remove(add_generation_hook(lvlm, _NoisedContrast(self)))

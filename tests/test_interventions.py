@@ -24,6 +24,7 @@ from interventions import (
     Intervention,
     TokenEmphasis,
     apply,
+    check_decoding,
     from_dict,
     intervene,
     parse_intervention,
@@ -260,3 +261,15 @@ def test_intervene_decorator_and_composite() -> None:
     assert lvlm.generation_hooks == [] and lvlm.attn_implementation == "sdpa"  # leaving the Composite undoes both
     assert {"Composite", "apply", "intervene"} <= set(interventions.__all__)
     assert [name for name in interventions.__all__ if not hasattr(interventions, name)] == []  # import * works
+
+
+def test_beam_search_is_refused_for_methods_with_a_contrast_branch() -> None:
+    for config in (PAI(), TokenEmphasis(), VCD(), Composite((VHR(), VCD(alpha=2.0)))):
+        with pytest.raises(ConfigError, match="--num-beams 3 cannot run .*(pai|token_emphasis|vcd)"):
+            check_decoding(config, num_beams=3)
+        check_decoding(config, num_beams=1)
+    for config in (None, VHR(), PAI(cfg=False), TokenEmphasis(cfg=False)):
+        check_decoding(config, num_beams=3)
+    lvlm = build_tiny("llava")  # and a beam search with a method that has no branch runs
+    batch = lvlm.prepare([None], ["Describe this image in detail."])
+    assert lvlm.generate_ids(batch, max_new_tokens=2, num_beams=2, intervention=PAI(cfg=False)).shape == (1, 2)
