@@ -22,7 +22,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from halluc.models import LVLM
 
-__all__ = ["ReferenceRun", "reference_pai", "reference_token_emphasis", "reference_vhr"]
+__all__ = ["ReferenceRun", "reference_pai", "reference_token_emphasis", "reference_vhr", "reference_vista"]
 
 ATTENTION = "halluc_reference_eager"
 EDITS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # layer -> edit of the last row's [heads, keys]
@@ -210,4 +210,65 @@ def reference_vhr(lvlm: LVLM, image, prompt: str, new_tokens: int, alpha: float)
         return _generate(lvlm, image, prompt, new_tokens, None)
     finally:
         for hook in hooks:
+            hook.remove()
+
+
+def reference_vista(lvlm: LVLM, image, prompt: str, new_tokens: int, strength: float, alpha: float) -> ReferenceRun:
+    """VISTA, one sample, a full forward per step without a cache: v_l = last-token output of layer l with the
+    image minus without it; every MLP output steered ``normalize(normalize(x) + lambda (1 + relu(cos(x, -v))) v/|v|)
+    |x|``; logits mixed ``(1 - alpha) logits + alpha mean lm_head(h_l)`` over layers 25..30 of 32 (scaled)."""
+    layers = lvlm.decoder_layers
+    last_sla = min(math.floor(30 * len(layers) / 32 + 0.5), len(layers) - 2)
+    sla = range(max(min(math.floor(25 * len(layers) / 32 + 0.5), last_sla), 0), max(last_sla, 0) + 1)
+    outputs: dict[int, torch.Tensor] = {}
+    capture = [
+        block.register_forward_hook(
+            lambda m, a, out, i=i: outputs.__setitem__(i, out[0] if isinstance(out, tuple) else out)
+        )
+        for i, block in enumerate(layers)
+    ]
+    inputs = dict(lvlm.prepare([image], [prompt]).inputs)
+    vectors: dict[int, torch.Tensor] = {}
+    steering = []
+    try:
+        if image is not None:
+            with torch.no_grad():
+                lvlm.model(**inputs)
+                with_image = {i: h[0, -1].float() for i, h in outputs.items()}
+                lvlm.model(**lvlm.text_only([prompt]).inputs)
+                vectors = {i: with_image[i] - h[0, -1].float() for i, h in outputs.items()}
+
+        def make_steer(i: int):
+            def hook(module, args, x):
+                v = vectors[i]
+                unit = v / v.norm()
+                cos = (x.float() @ -v) / (x.float().norm(dim=-1) * v.norm())  # [1, seq]
+                y = strength * (1 + cos.clamp(min=0))[..., None] * unit
+                xf = x.float()
+                moved = xf / xf.norm(dim=-1, keepdim=True) + y
+                return (moved / moved.norm(dim=-1, keepdim=True) * xf.norm(dim=-1, keepdim=True)).to(x.dtype)
+
+            return hook
+
+        if vectors and strength > 0:
+            steering = [block.mlp.register_forward_hook(make_steer(i)) for i, block in enumerate(layers)]
+        new: list[int] = []
+        scores: list[torch.Tensor] = []
+        for _ in range(new_tokens):
+            step = dict(inputs)
+            tail = torch.tensor([new], dtype=torch.long)
+            for name, value in inputs.items():
+                if value.dim() == 2 and value.shape == inputs["input_ids"].shape:
+                    fill = tail if name == "input_ids" else torch.full_like(tail, int(name == "attention_mask"))
+                    step[name] = torch.cat([value, fill.to(value.dtype)], dim=1)
+            with torch.no_grad():
+                logits = lvlm.model(**step).logits[0, -1].float()
+                early = torch.stack([lvlm.lm_head(outputs[i][0, -1]).float() for i in sla]).mean(dim=0)
+            logits[lvlm.model.generation_config.eos_token_id or 0] = -math.inf  # min_new_tokens keeps EOS out
+            mixed = (1 - alpha) * logits + alpha * early if alpha > 0 else logits
+            scores.append(mixed)
+            new.append(int(mixed.argmax()))
+        return ReferenceRun(new, scores)
+    finally:
+        for hook in capture + steering:
             hook.remove()

@@ -11,7 +11,7 @@ Use:
     def caption(lvlm, images): ...
 
 Methods (one module each): ``VHR`` (vhr.py), ``TokenEmphasis`` (token_emphasis.py), ``PAI`` (modality.py),
-``VCD`` (vcd.py).
+``VCD`` (vcd.py), ``DoLa`` (dola.py), ``VISTA`` (vista.py).
 
 Extend (docs/extending.md has a worked example): subclass ``Intervention`` (a frozen dataclass; ``check`` validates,
 ``install`` attaches), decorate it with ``register``, and install one or more of the shared mechanisms, each in
@@ -52,6 +52,7 @@ from interventions.scope import live, owned_forward
 from interventions.token_emphasis import TokenEmphasis, select_tokens
 from interventions.vcd import VCD
 from interventions.vhr import VHR, select_heads
+from interventions.vista import VISTA
 
 register_spec_parser(parse_intervention)
 
@@ -61,6 +62,7 @@ __all__ = [
     "REGISTRY",
     "VCD",
     "VHR",
+    "VISTA",
     "Composite",
     "ContrastBranch",
     "ContrastiveGuidance",

@@ -11,9 +11,15 @@ from PIL import Image
 from scores import generate_with_scores
 from tiny_models import TINY_FAMILIES, build_tiny
 
-from benchmarks.reference_methods import ReferenceRun, reference_pai, reference_token_emphasis, reference_vhr
+from benchmarks.reference_methods import (
+    ReferenceRun,
+    reference_pai,
+    reference_token_emphasis,
+    reference_vhr,
+    reference_vista,
+)
 from halluc.models import LVLM
-from interventions import PAI, VHR, Intervention, TokenEmphasis
+from interventions import PAI, VHR, VISTA, Intervention, TokenEmphasis
 
 torch.set_num_threads(1)
 
@@ -32,6 +38,8 @@ def run_reference(lvlm: LVLM, config: Intervention, image, prompt: str) -> Refer
         return reference_pai(lvlm, image, prompt, STEPS, config.alpha, config.cfg, config.gamma, config.cutoff)
     if isinstance(config, VHR):
         return reference_vhr(lvlm, image, prompt, STEPS, config.alpha)
+    if isinstance(config, VISTA):
+        return reference_vista(lvlm, image, prompt, STEPS, config.strength, config.alpha)
     if image is None:  # token emphasis edits nothing without an image; only its CFG acts
         return reference_pai(lvlm, None, prompt, STEPS, 0.0, True, config.gamma, config.cutoff)
     return reference_token_emphasis(
@@ -78,3 +86,8 @@ def test_vhr_matches_algorithm_1(lvlm: LVLM, config: VHR) -> None:
 )
 def test_token_emphasis_matches_paint_on_llava(config: TokenEmphasis) -> None:
     assert_same(build_tiny("llava"), config)  # PAINT reads CLIP's CLS attention: LLaVA-1.5 only
+
+
+@pytest.mark.parametrize("config", [VISTA(), VISTA(strength=1.0, alpha=0.6)], ids=["defaults", "strong"])
+def test_vista_matches_the_official_algorithm(lvlm: LVLM, config: VISTA) -> None:
+    assert_same(lvlm, config)

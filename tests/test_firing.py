@@ -13,7 +13,7 @@ from tiny_models import build_tiny
 
 from benchmarks.runner import GenerationSettings, Request, firing_summary, run_generation
 from halluc.runs import RunStore
-from interventions import PAI, VCD, VHR, DoLa, Intervention, TokenEmphasis
+from interventions import PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
 
 torch.set_num_threads(1)
 
@@ -23,10 +23,11 @@ EXPECTED = {  # method -> what its report holds for a sample with an image
     "token_emphasis": lambda r: r["source"] == "cls" and r["local_tokens"] > 0,
     "vcd": lambda r: r["noised_image"] is True,
     "dola": lambda r: len(r["premature_layers"]) == 3,
+    "vista": lambda r: r["steered"] is True and r["sla_layers"],
 }
 
 
-@pytest.mark.parametrize("config", [PAI(), VHR(), TokenEmphasis(), VCD(), DoLa()], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [PAI(), VHR(), TokenEmphasis(), VCD(), DoLa(), VISTA()], ids=lambda c: c.name)
 def test_each_method_reports_what_it_did(config: Intervention) -> None:
     lvlm = build_tiny("llava")
     plain = lvlm.generate(IMAGES, PROMPTS, max_new_tokens=3, intervention=config)
@@ -35,7 +36,7 @@ def test_each_method_reports_what_it_did(config: Intervention) -> None:
     assert len(firing) == 3
     assert EXPECTED[config.name](firing[0][config.name])
     assert firing[0]["first_step_change"] > 0 and firing[2]["first_step_change"] > 0
-    if config.name != "dola":  # DoLa acts on text too; the image methods leave a text-only sample alone
+    if config.name not in ("dola", "vista"):  # DoLa and VISTA's SLA act on text too; the others leave it alone
         assert firing[1]["first_step_change"] == 0.0
 
 
