@@ -25,7 +25,7 @@ from PIL import Image
 from benchmarks.reference_methods import reference_pai, reference_token_emphasis, reference_vhr
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.models import LVLM, load_lvlm
-from interventions import PAI, VCD, VHR, DoLa, Intervention, TokenEmphasis
+from interventions import PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
 
 METHODS: dict[str, Intervention | None] = {
     "vanilla": None,
@@ -35,6 +35,7 @@ METHODS: dict[str, Intervention | None] = {
     "pai-attention": PAI(cfg=False),
     "vcd": VCD(),
     "dola": DoLa(),
+    "vista": VISTA(),
 }
 
 
