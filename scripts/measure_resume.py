@@ -3,11 +3,10 @@
     python scripts/measure_resume.py --images 64 --points 10 --out /tmp/resume-check
 
 One uninterrupted reference run, then for each point a fresh run killed with SIGKILL at a uniformly random time
-between the moment the reference wrote its first sample and its end (a kill may land while a batch is being
-written, or just after the last one), its status read from the run directory ("interrupted" when killed mid-run),
-then ``--resume``; the resumed
-samples.jsonl and metrics.json must equal the reference's exactly. Prints one row per point and a JSON summary;
-exits 1 if any point differs.
+between the moment the reference wrote its first sample and its end (drawn again, up to 4 times, when the run
+finished before it), its status read from the run directory (it must be "interrupted"), then ``--resume``; the
+resumed samples.jsonl and metrics.json must equal the reference's exactly. Prints one row per point and a JSON
+summary; exits 1 if any point differs.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from pathlib import Path
 from halluc.runs import RunStore, run_status
 
 CLI = [sys.executable, "-m", "halluc.cli"]
+_TRIES = 4  # draws per point before a run that always finishes first is kept as it is
 
 
 def _command(images: int, out: Path, *extra: str) -> list[str]:
@@ -78,13 +78,17 @@ def main() -> int:
     print(f"{'point':>5} {'kill at s':>9} {'samples at kill':>15} {'status':>12} {'resume rc':>9} {'identical':>9}")
     for point in range(args.points):
         run = args.out / f"killed-{point}"
-        at = rng.uniform(first, wall)
-        proc = subprocess.Popen(_command(args.images, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(at)
-        killed = proc.poll() is None
-        if killed:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        for _ in range(_TRIES):  # a run that finished before its kill time is no kill point: draw again
+            shutil.rmtree(run, ignore_errors=True)
+            at = rng.uniform(first, wall)
+            proc = subprocess.Popen(_command(args.images, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(at)
+            killed = proc.poll() is None
+            if killed:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if killed:
+                break
         written, status = _count(run), _status(run)
         resumed = subprocess.run(_command(args.images, run, "--resume"), capture_output=True, text=True, check=False)
         same = (
