@@ -2,13 +2,15 @@
 
     python scripts/bench_interventions.py --model halluc/assets/toy-llava [--new-tokens 32] [--threads 1]
 
-For each method at its defaults (VHR, token emphasis, PAI, PAI's attention edit alone, VCD, DoLa) it times
-``LVLM.generate_ids`` with exactly ``--new-tokens``
-new tokens (EOS suppressed) at batch 1 and 16 and prints tokens/s and the ratio to vanilla, both end to end and
-in steady state (``(T(N) - T(1)) / (N - 1)`` per token, i.e. after the first step, which for VHR holds its head
-selection). It then times BASELINES: the straightforward eager batch-1 implementations of the official algorithms
-in :mod:`benchmarks.reference_methods` (the fidelity tests' yardstick), and prints how much faster halluc at batch
-16 is, plus whether both produce the same tokens at batch 1.
+For each method at its defaults (VHR, token emphasis, PAI, PAI's attention edit alone, VCD, DoLa, VISTA) it times
+``LVLM.generate_ids`` with exactly ``--new-tokens`` new tokens (EOS suppressed) at batch 1 and 16 and prints
+tokens/s and the ratio to vanilla, both end to end and in steady state (``(T(N) - T(1)) / (N - 1)`` per token,
+i.e. after the first step, which for VHR holds its head selection). It then times BASELINES: the straightforward
+eager batch-1 implementations of the official algorithms in :mod:`benchmarks.reference_methods` (the fidelity
+tests' yardstick), and prints how much faster halluc at batch 16 is, plus whether both produce the same tokens at
+batch 1. ``--llava-proportions`` times a random-weight model shaped like LLaVA-1.5 instead (576 image tokens,
+16 x 1024 Llama, 32k vocabulary; about 90 s for one 4-token generation on 2 busy CPU cores, so meant for a
+larger machine).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from benchmarks.reference_methods import reference_pai, reference_token_emphasis, reference_vhr
 from halluc.defaults import DESCRIBE_PROMPT
@@ -86,6 +89,30 @@ def ours(lvlm: LVLM, config: Intervention | None, images: list[Image.Image], new
     return out.tolist()
 
 
+def llava_proportions(toy: str) -> LVLM:
+    """A random-weight LLaVA with LLaVA-1.5's proportions where they set the cost: 336 px images in 14 px patches
+    (576 image tokens), a 16-layer Llama of width 1024 (16 heads, MLP 2816) and a 32,064-token vocabulary; a small
+    CLIP tower (its cost is paid once per image, as in LLaVA). The toy model's tokenizer and template drive it."""
+    processor = AutoProcessor.from_pretrained(toy)
+    processor.image_processor.size = {"shortest_edge": 336}
+    processor.image_processor.crop_size = {"height": 336, "width": 336}
+    processor.patch_size = 14
+    vision = CLIPVisionConfig(
+        image_size=336, patch_size=14, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+        num_attention_heads=4,
+    )  # fmt: skip
+    text = LlamaConfig(
+        hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=32064, max_position_embeddings=4096,
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LVLM.from_parts(LlavaForConditionalGeneration(config), processor, name_or_path="random LLaVA-1.5 shape")
+
+
 def noise_images(count: int, size: int) -> list[Image.Image]:
     """Reproducible random RGB images (content does not change the cost: token counts are fixed)."""
     rng = np.random.default_rng(0)
@@ -102,6 +129,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument(
+        "--llava-proportions",
+        action="store_true",
+        help="time a random-weight model with LLaVA-1.5's proportions (576 image tokens, 16 x 1024 Llama) instead",
+    )
+    parser.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
         default="process",
@@ -111,7 +143,7 @@ def main() -> None:
     if not Path(args.model).is_dir():
         parser.error(f"no model at {args.model}; train it (scripts/train_toy_lvlm.py) or pass --model PATH")
     torch.set_num_threads(args.threads)
-    lvlm = load_lvlm(args.model, dtype="float32")
+    lvlm = llava_proportions(args.model) if args.llava_proportions else load_lvlm(args.model, dtype="float32")
     images = noise_images(args.batch, args.image_size)
     n = args.new_tokens
     print(f"{lvlm}; {n} new tokens; {args.threads} thread(s); {args.clock} clock, best of {args.repeats} rounds")
