@@ -173,18 +173,45 @@ def _parse_json(text: str, where: str) -> object:
         raise InputDataError(f"malformed JSON in {where}: {exc}") from None
 
 
+def _json_values(text: str, where: str) -> list[object]:
+    """The whitespace-separated JSON values of ``text`` (pretty-printed objects one after another, or one object),
+    or InputDataError naming ``where`` and the line of the first malformed value."""
+    decoder = json.JSONDecoder()
+    values, pos = [], 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return values
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise InputDataError(f"malformed JSON in {where} line {exc.lineno}: {exc.msg}") from None
+        values.append(value)
+
+
 def read_records(path: PathLike) -> list[dict]:
-    """Records of a JSON-array or JSON-lines file (optionally gzipped; CRLF and blank lines tolerated)."""
+    """Records of a JSON-array, JSON-lines or pretty-printed JSON file (objects one after another, each spanning
+    lines), optionally gzipped; CRLF and blank lines tolerated."""
     text = _read_bytes(path)
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if text.lstrip().startswith("["):
         data = _parse_json(text, repr(str(path)))
+    elif lines and not _is_json(lines[0][1]):  # the first line is no whole value: pretty-printed JSON
+        data = _json_values(text, repr(str(path)))
     else:
-        data = [
-            _parse_json(line, f"{str(path)!r} line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()
-        ]
+        data = [_parse_json(line, f"{str(path)!r} line {n}") for n, line in lines]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise InputDataError(f"{str(path)!r} must hold JSON objects (one per line, or a JSON array of them)")
     return data
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _as_paths(paths: PathLike | Sequence[PathLike] | None) -> list[PathLike]:

@@ -27,6 +27,7 @@ __all__ = [
     "SPLITS",
     "PopeQuestion",
     "aggregate",
+    "attach_labels",
     "build_pope",
     "load_questions",
     "parse_answer",
@@ -186,6 +187,34 @@ def load_questions(path: PathLike, *, split: str | None = None) -> list[PopeQues
     return questions
 
 
+def _label_key(image: str, text: str) -> tuple[str, str]:
+    """What identifies a question across files: its image and its first line (a prompt suffix left out)."""
+    return image, text.splitlines()[0].strip() if text.strip() else ""
+
+
+def attach_labels(questions: Sequence[PopeQuestion], labelled: Sequence[PopeQuestion]) -> list[PopeQuestion]:
+    """``questions`` with each missing label taken from the ``labelled`` question of the same split, image and
+    question text (first line, so a prompt suffix does not matter), e.g. LLaVA's combined unlabelled file against
+    the official per-split files; a question whose split finds no match takes the label its image and text have in
+    every labelled file, if they agree. Questions without a match keep ``label=None``."""
+    by_split: dict[tuple[str | None, str, str], bool | None] = {}
+    by_text: dict[tuple[str, str], list[bool | None]] = {}
+    for q in labelled:
+        key = _label_key(q.image, q.text)
+        by_split[(q.split, *key)] = q.label
+        by_text.setdefault(key, []).append(q.label)
+    out = []
+    for q in questions:
+        key = _label_key(q.image, q.text)
+        label = q.label
+        if label is None:
+            label = by_split.get((q.split, *key))
+        if label is None and len(set(by_text.get(key, []))) == 1:  # split unknown or unmatched: if unambiguous
+            label = by_text[key][0]
+        out.append(PopeQuestion(q.question_id, q.image, q.text, label, q.split))
+    return out
+
+
 def pope_prompt(question: str, suffix: str = DEFAULT_SUFFIX) -> str:
     """The prompt sent to the model: the question, then ``suffix`` on its own line (LLaVA-1.5's format)."""
     return f"{question}\n{suffix}" if suffix else question
@@ -220,7 +249,7 @@ def score_answer(question: PopeQuestion, answer: str, *, strict: bool = False) -
 
 
 def pope_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -> dict:
-    """Accuracy, precision, recall, F1 (yes = positive) and yes-ratio of the predictions.
+    """Accuracy, precision, recall, F1 (yes = positive), yes-ratio and the confusion counts tp/fp/tn/fn.
 
     The yes-ratio is the share of *predictions* that are yes (some harnesses report the labels' share).
     Unparsed predictions (None) are left out of every metric and counted in ``n_unparsed``; ``n`` counts all.
@@ -237,6 +266,10 @@ def pope_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -> 
         "recall": float(recall_score(y_true, y_pred, zero_division=0)),
         "f1": float(f1_score(y_true, y_pred, zero_division=0)),
         "yes_ratio": sum(y_pred) / len(y_pred),
+        "tp": sum(y and p for y, p in pairs),
+        "fp": sum(p and not y for y, p in pairs),
+        "tn": sum(not (y or p) for y, p in pairs),
+        "fn": sum(y and not p for y, p in pairs),
         "n": len(labels),
         "n_unparsed": len(labels) - len(pairs),
     }

@@ -370,6 +370,73 @@ def crosscheck(
     console.print(f"run: [bold]{run_dir}[/] ({FILE})")
 
 
+score_app = typer.Typer(help="Score outputs you already have (no model); each file -> a run.", no_args_is_help=True)
+app.add_typer(score_app, name="score")
+ScoredFileArg = Annotated[Path, typer.Argument(help="JSONL, JSON array or pretty-printed JSON; .gz or not.")]
+SystemOpt = Annotated[str | None, typer.Option("--model", help="Name of the system that wrote FILE (recorded).")]
+
+
+@score_app.command("chair")
+def score_chair(
+    file: ScoredFileArg,
+    annotations: AnnOpt = None,
+    captions: CapsOpt = None,
+    gt_file: Annotated[Path | None, typer.Option("--gt-file", help="Precomputed {image_id: [objects]} JSON.")] = None,
+    images: Annotated[str | None, typer.Option("--images", help="toy:val or toy:shift as ground truth.")] = None,
+    id_key: Annotated[
+        str | None, typer.Option("--id-key", help="Image id or file name field (default: image_id, image, id).")
+    ] = None,
+    text_key: Annotated[
+        str | None, typer.Option("--text-key", help="Caption field (default: caption, text, ...).")
+    ] = None,
+    corrected: Annotated[bool, typer.Option("--corrected", help="Fix the reference CHAIR quirks.")] = False,
+    model: SystemOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """CHAIR of existing captions against COCO files, a --gt-file or the toy world."""
+    from benchmarks.score import score_chair_file
+
+    result = score_chair_file(
+        file, _out_dir(out, "score-chair"), gt_file=gt_file, instances=annotations, captions=captions,
+        images=images, id_key=id_key, text_key=text_key, mode="corrected" if corrected else "reference", model=model,
+    )  # fmt: skip
+    _report_score(result)
+
+
+@score_app.command("pope")
+def score_pope(
+    file: ScoredFileArg,
+    questions: Annotated[list[Path], typer.Option("--questions", help="POPE question file(s) answered; repeat.")],
+    labels: Annotated[
+        list[Path] | None, typer.Option("--labels", help="Labelled POPE files for questions without labels; repeat.")
+    ] = None,
+    question_id_key: Annotated[
+        str | None, typer.Option("--question-id-key", help="Default: question_id, qid, id.")
+    ] = None,
+    answer_key: Annotated[str | None, typer.Option("--answer-key", help="Default: text, answer, ...")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Count unparseable answers instead of 'yes'.")] = False,
+    model: SystemOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """POPE of existing answers, paired with their questions by question id."""
+    from benchmarks.score import score_pope_file
+
+    result = score_pope_file(
+        file, _out_dir(out, "score-pope"), questions=questions, labels=labels or [],
+        question_id_key=question_id_key, answer_key=answer_key, strict=strict, model=model,
+    )  # fmt: skip
+    _report_score(result)
+
+
+def _report_score(result) -> None:
+    """Where the scoring run went, its metrics and its error records by kind."""
+    console.print(f"run: [bold]{result.store.path}[/]")
+    console.print_json(json.dumps(result.metrics, default=str))
+    if result.errors:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in result.errors.items())
+        console.print(f"[yellow]{sum(result.errors.values())} error records ({kinds}) in samples.jsonl[/]")
+
+
 sentinel_app = typer.Typer(help="SENTINEL sentence-level, detector-validated preference pairs.", no_args_is_help=True)
 dpo_app = typer.Typer(help="Context-aware DPO training on SENTINEL pairs (extra: dpo).", no_args_is_help=True)
 app.add_typer(sentinel_app, name="sentinel")

@@ -63,6 +63,10 @@ def test_hand_computed_metrics() -> None:
             "recall": 3 / 4,
             "f1": 3 / 4,
             "yes_ratio": 4 / 8,
+            "tp": 3,
+            "fp": 1,
+            "tn": 3,
+            "fn": 1,
             "n": 10,
             "n_unparsed": 2,
         }
