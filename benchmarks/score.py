@@ -313,6 +313,8 @@ def score_pope_file(
         else:
             got = "nothing" if text is None else type(text).__name__
             errors.append(error_record(n, "bad_text", f"{answer_key!r} must be a string, got {got}", question=str(key)))
+    if sum(text.rstrip().endswith("?") for _, _, text in items) > len(items) / 2:
+        _log.warning("%s: most %r values end in '?' and look like questions; is --answer-key right?", path, answer_key)
     kept, conflicts, dropped = dedupe(items, "question_id", str(path))
     errors += conflicts
     judged, good = [], []

@@ -262,6 +262,16 @@ def test_pope_pairs_by_order_only_without_ids(tmp_path: Path, caplog: pytest.Log
         score_pope_file(_write(tmp_path / "b.json", json.dumps(no_ids[:5])), tmp_path / "run2", questions=[questions])
 
 
+def test_pope_warns_when_the_answer_field_holds_questions(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    questions = _write(tmp_path / "coco_pope_random.json", _jsonl(QUESTIONS))
+    rows = [{"question_id": q["question_id"], "text": q["text"], "answer": "No"} for q in QUESTIONS]
+    with caplog.at_level(logging.WARNING, logger="halluc"):
+        score_pope_file(_write(tmp_path / "a.jsonl", _jsonl(rows)), tmp_path / "run", questions=[questions])
+    assert "look like questions; is --answer-key right?" in caplog.text
+    fixed = score_pope_file(tmp_path / "a.jsonl", tmp_path / "run2", questions=[questions], answer_key="answer")
+    assert fixed.metrics["random"]["yes_ratio"] == 0.0 and fixed.metrics["random"]["tn"] == 4
+
+
 def test_pope_split_files_numbering_from_one(tmp_path: Path) -> None:
     files = [_write(tmp_path / f"coco_pope_{s}.json", _jsonl(QUESTIONS[:4])) for s in ("random", "adversarial")]
     plain = _write(tmp_path / "plain.jsonl", _jsonl(ANSWERS[:4]))
