@@ -177,15 +177,17 @@ def run_chair(
     resume: bool = False,
     progress: bool = True,
     ground_truth: GroundTruth | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JobResult:
     """Describe every image, then score the descriptions with CHAIR against COCO-format ground truth.
 
     Ground truth is loaded and checked before anything is generated (pass ``ground_truth`` from
-    :func:`chair_ground_truth` to check it before the model loads, as the CLI does)."""
+    :func:`chair_ground_truth` to check it before the model loads, as the CLI does). ``extra``: more manifest
+    entries that describe the run (e.g. its protocol and split), hashed with the rest."""
     settings = settings or GenerationSettings()
     gt = ground_truth if ground_truth is not None else chair_ground_truth(images, gt_file, mode)
     requests = [Request(str(i), str(images.path(i)), prompt, {"image_id": i}) for i in images.image_ids]
-    config = {"images": images.describe(), "prompt": prompt, "chair_mode": mode}
+    config = {"images": images.describe(), "prompt": prompt, "chair_mode": mode, **(extra or {})}
     store = _open_run(
         "chair", lvlm, requests, out, settings, config, intervention=intervention, seed=seed, resume=resume
     )
@@ -224,8 +226,11 @@ def run_pope(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> JobResult:
-    """Answer POPE questions (built from the image set's instances unless given) and score them per split."""
+    """Answer POPE questions (built from the image set's instances unless given) and score them per split.
+
+    ``extra``: more manifest entries that describe the run (e.g. the question-file versions and label set)."""
     settings = settings or GenerationSettings(max_new_tokens=8)
     questions = pope_questions(images, questions, n_images=n_images, seed=seed)
     by_name = {name: image_id for image_id, name in images.file_names.items()}
@@ -236,7 +241,9 @@ def run_pope(
         requests.setdefault(
             rid, Request(rid, str(images.path(by_name[q.image])), pope.pope_prompt(q.text, suffix), meta)
         )
-    config = {"images": images.describe(), "suffix": suffix, "strict": strict, "n_questions": len(questions)}
+    config = {
+        "images": images.describe(), "suffix": suffix, "strict": strict, "n_questions": len(questions), **(extra or {})
+    }  # fmt: skip
     store = _open_run(
         "pope", lvlm, list(requests.values()), out, settings, config,
         intervention=intervention, seed=seed, resume=resume,

@@ -27,6 +27,7 @@ __all__ = [
     "SPLITS",
     "PopeQuestion",
     "aggregate",
+    "apply_label_set",
     "attach_labels",
     "build_pope",
     "load_questions",
@@ -213,6 +214,37 @@ def attach_labels(questions: Sequence[PopeQuestion], labelled: Sequence[PopeQues
             label = by_text[key][0]
         out.append(PopeQuestion(q.question_id, q.image, q.text, label, q.split))
     return out
+
+
+def apply_label_set(
+    questions: Sequence[PopeQuestion], label_set: Sequence[PopeQuestion], *, name: str = "label set"
+) -> tuple[list[PopeQuestion], dict]:
+    """``questions`` relabelled by an alternative label set in POPE's own format, e.g. RePOPE's
+    ``coco_repope_{split}.json`` (YanNeu/RePOPE: the current POPE files with wrong labels corrected and ambiguous
+    questions removed).
+
+    Questions are matched by split, image and question text (first line, so a prompt suffix does not matter); a
+    question the label set leaves out is dropped, as RePOPE drops ambiguous ones. Every label-set question of the
+    splits asked must match one question, else the set belongs to other question files (RePOPE relabels
+    RUCAIBox/POPE @ 3df3ba1, not the e3e3926 files LLaVA uses) and InputDataError says so. Returns the kept
+    questions in their order and ``{"n_kept", "n_dropped", "n_relabelled"}``."""
+    wanted = {(q.split, *_label_key(q.image, q.text)): q.label for q in label_set}
+    asked = {(q.split, *_label_key(q.image, q.text)) for q in questions}
+    splits = {q.split for q in questions}
+    unmatched = [key for key in wanted if key[0] in splits and key not in asked]
+    if unmatched:
+        split, image, text = unmatched[0]
+        raise InputDataError(
+            f"{len(unmatched)} questions of the {name} are not among the questions asked (e.g. {split}: {image} "
+            f"{text!r}); it was made for other question files (RePOPE relabels RUCAIBox/POPE @ 3df3ba1)"
+        )
+    kept, relabelled = [], 0
+    for q in questions:
+        key = (q.split, *_label_key(q.image, q.text))
+        if key in wanted:
+            relabelled += q.label is not None and wanted[key] != q.label
+            kept.append(PopeQuestion(q.question_id, q.image, q.text, wanted[key], q.split))
+    return kept, {"n_kept": len(kept), "n_dropped": len(questions) - len(kept), "n_relabelled": relabelled}
 
 
 def pope_prompt(question: str, suffix: str = DEFAULT_SUFFIX) -> str:

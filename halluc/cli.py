@@ -54,6 +54,16 @@ AnnOpt = Annotated[Path | None, typer.Option("--annotations", help="COCO instanc
 CapsOpt = Annotated[Path | None, typer.Option("--captions", help="COCO captions JSON (CHAIR ground truth).")]
 PromptOpt = Annotated[str, typer.Option("--prompt", help="Instruction given with each image.")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs", help="Directory holding run directories.")]
+ProtocolOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--protocol",
+        help="Named protocol (vhr: 5 random 500-image splits, pai: PAI's 500 images) fixing the image sample, prompt, "
+        "max new tokens and decoding; it samples from --images (COCO val2014, or toy:val offline); one run per split "
+        "under --out plus protocol_summary.json (mean ± std).",
+    ),
+]
+SplitsOpt = Annotated[int | None, typer.Option("--splits", min=1, help="Run the protocol's first N splits (all).")]
 
 
 def _print_table(table: Table) -> None:
@@ -97,6 +107,7 @@ def _out_dir(out: Path | None, job: str) -> Path:
 
 @app.command()
 def chair(
+    ctx: typer.Context,
     model: ModelOpt = "",
     intervention: InterventionOpt = None,
     images: ImagesOpt = "toy:val",
@@ -116,6 +127,8 @@ def chair(
     dtype: DtypeOpt = "auto",
     resume: ResumeOpt = False,
     trust_remote_code: TrustOpt = False,
+    protocol: ProtocolOpt = None,
+    splits: SplitsOpt = None,
 ) -> None:
     """Describe images and score the descriptions with CHAIR (CHAIR_s, CHAIR_i, recall, precision, F1)."""
     from benchmarks.jobs import chair_ground_truth, run_chair
@@ -123,6 +136,12 @@ def chair(
     from halluc.imagesets import resolve_images
     from halluc.runs import RunStore
 
+    if protocol is not None or splits is not None:
+        return _chair_protocol(
+            ctx, protocol, splits, model=model, intervention=intervention, images=images, annotations=annotations,
+            captions=captions, gt_file=gt_file, corrected=corrected, out=out, batch_size=batch_size, device=device,
+            dtype=dtype, resume=resume, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     # every input is checked before the model loads: a typo must not cost a 7B model load
     image_set = resolve_images(images, instances=annotations, captions=captions, ids_file=image_ids, limit=limit)
     spec = _intervention(intervention, num_beams)
@@ -147,6 +166,59 @@ def chair(
     _report(result)
 
 
+def _explicit(ctx: typer.Context, options: dict[str, str]) -> dict[str, object]:
+    """``{flag: value}`` of the options the user gave (command line or environment), not left at their defaults."""
+    given = {}
+    for flag, name in options.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            value = ctx.params[name]
+            given[flag] = str(value) if isinstance(value, Path) else value
+    return given
+
+
+def _chair_protocol(
+    ctx: typer.Context, name: str | None, splits: int | None, *, model: str, intervention: list[str] | None,
+    images: str, annotations: Path | None, captions: Path | None, gt_file: Path | None, corrected: bool,
+    out: Path | None, batch_size: int, device: str, dtype: str, resume: bool, trust_remote_code: bool,
+) -> None:  # fmt: skip
+    """``halluc chair --protocol``: check everything (conflicting options first), then run each split."""
+    from dataclasses import replace
+
+    from benchmarks.jobs import chair_ground_truth
+    from benchmarks.protocols import check_conflicts, get_protocol, protocol_splits, run_chair_protocol, split_dir
+    from halluc.errors import ConfigError
+    from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore
+
+    if name is None:
+        raise ConfigError(f"--splits {splits} needs --protocol (e.g. --protocol vhr)")
+    protocol = get_protocol(name)
+    fixed = {"--prompt": "prompt", "--max-new-tokens": "max_new_tokens", "--num-beams": "num_beams",
+             "--seed": "seed", "--limit": "limit", "--image-ids": "image_ids"}  # fmt: skip
+    check_conflicts(protocol, _explicit(ctx, fixed))
+    image_set = resolve_images(images, instances=annotations, captions=captions)
+    chosen = protocol_splits(protocol, image_set, splits)
+    spec = _intervention(intervention, protocol.num_beams)
+    mode = "corrected" if corrected else "reference"
+    sampled = tuple(sorted({i for _, split in chosen for i in split.image_ids}, key=str))
+    gt = chair_ground_truth(replace(image_set, image_ids=sampled), gt_file, mode)
+    run_dir = _out_dir(out, f"chair-{protocol.name}")
+    for index, (seed, _) in enumerate(chosen):
+        RunStore.check_output(split_dir(run_dir, index, seed), resume=resume)
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    result = run_chair_protocol(
+        lvlm, protocol, chosen, run_dir, gt, batch_size=batch_size, intervention=spec, mode=mode, gt_file=gt_file,
+        resume=resume,
+    )  # fmt: skip
+    table = Table("metric", "mean", "std", *(f"seed {s}" for s, _ in chosen), title=f"protocol {protocol.name}")
+    for key, row in result.summary.get("metrics", {}).items():
+        std = "-" if row["std"] is None else f"{row['std']:.4f}"
+        table.add_row(key, f"{row['mean']:.4f}", std, *(f"{v:.4f}" for v in row["values"]))
+    _print_table(table)
+    console.print(f"runs under [bold]{run_dir}[/]; summary: {result.path}")
+
+
 @app.command()
 def pope(
     model: ModelOpt = "",
@@ -167,6 +239,14 @@ def pope(
     dtype: DtypeOpt = "auto",
     resume: ResumeOpt = False,
     trust_remote_code: TrustOpt = False,
+    label_set: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--label-set",
+            help="Alternative labels in POPE's format, e.g. RePOPE's coco_repope_{split}.json: questions it leaves "
+            "out are dropped; repeat per split.",
+        ),
+    ] = None,
 ) -> None:
     """Answer POPE yes/no object questions (random, popular, adversarial) and score them."""
     from benchmarks.jobs import pope_questions, run_pope
@@ -177,6 +257,7 @@ def pope(
 
     image_set = resolve_images(images, instances=annotations)
     loaded = [q for path in questions for q in _labelled(path, load_questions(path))] if questions else None
+    loaded, files = _pope_files(questions or [], loaded, label_set or [])
     checked = pope_questions(image_set, loaded, n_images=n_images, seed=seed)
     spec = _intervention(intervention, num_beams)
     run_dir = _out_dir(out, "pope")
@@ -193,8 +274,32 @@ def pope(
         strict=strict,
         seed=seed,
         resume=resume,
+        extra=files,
     )
     _report(result)
+
+
+def _pope_files(paths: list[Path], loaded: list | None, label_set: list[Path]) -> tuple[list | None, dict]:
+    """The questions (relabelled by ``label_set`` when given) and the manifest entry naming the question files,
+    the official version each split matches and the label set's effect."""
+    from benchmarks.outputs import sha256
+    from benchmarks.pope import apply_label_set, load_questions
+    from benchmarks.protocols import detect_pope_version
+    from halluc.errors import ConfigError
+
+    if loaded is None:
+        if label_set:
+            raise ConfigError("--label-set relabels question files: pass the POPE files it belongs to with --questions")
+        return None, {}
+    described = [{"path": str(p.resolve()), "sha256": sha256(p)} for p in [*paths, *label_set]]
+    entry = {"question_files": described[: len(paths)], "question_versions": detect_pope_version(loaded)}
+    if label_set:
+        labels = [q for path in label_set for q in load_questions(path)]
+        loaded, effect = apply_label_set(loaded, labels, name="--label-set")
+        entry["label_set"] = {"files": described[len(paths) :], "versions": detect_pope_version(labels), **effect}
+    for found in entry["question_versions"]:
+        console.print(f"POPE {found['split']}: {found['n_questions']} questions, version {found['version']}")
+    return loaded, entry
 
 
 def _labelled(path: Path, questions: list) -> list:
