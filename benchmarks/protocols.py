@@ -15,7 +15,8 @@ CHAIR protocols (:data:`PROTOCOLS`), one frozen :class:`Protocol` each:
   files; the prompt is chair_eval.py:94, ``max_new_tokens`` 512 (:56, :119), greedy (``do_sample`` off, 1 beam:
   :47-48, :118-121). One difference cannot be removed: PAI shuffles ``os.listdir`` order, which depends on the
   file system, so its exact 500 ids are not portable. halluc shuffles the file names *sorted* (the one portable
-  order) with ``random.Random(927)``, the same rule on a defined input.
+  order) with ``random.Random(927)``, the same rule on a defined input. (It also assumes, as PAI's code does,
+  that loading the model between seeding and shuffling, chair_eval.py:63, draws nothing from Python's ``random``.)
 
 The sampling rule (``shuffle_first``) is shared: sort the image set's file names, shuffle them with
 ``random.Random(seed)``, keep the first ``n_images``. With ``--images toy:val`` a protocol draws from the toy
