@@ -45,6 +45,7 @@ from typing import Any
 
 from benchmarks.chair import GroundTruth, Mode
 from benchmarks.jobs import JobResult, run_chair
+from benchmarks.outputs import sha256
 from benchmarks.pope import PopeQuestion
 from benchmarks.runner import GenerationSettings
 from halluc.errors import ConfigError, InputDataError, OutputLocationError
@@ -239,6 +240,14 @@ def summarise_splits(protocol: Protocol, splits: Sequence[Mapping[str, Any]]) ->
     }
 
 
+def _data_files(images: ImageSet | None, gt_file: Path | None) -> dict[str, dict[str, str]]:
+    """Path and sha256 of each ground-truth file the splits are scored against (the data-file version)."""
+    files = {"gt_file": gt_file}
+    if images is not None:
+        files.update(instances=images.instances, captions=images.captions)
+    return {k: {"path": str(Path(v).resolve()), "sha256": sha256(Path(v))} for k, v in files.items() if v is not None}
+
+
 @dataclass(frozen=True)
 class ProtocolResult:
     """The runs of a protocol's splits and the summary written to ``<out>/protocol_summary.json``."""
@@ -272,12 +281,13 @@ def run_chair_protocol(
         max_new_tokens=protocol.max_new_tokens, batch_size=batch_size, do_sample=protocol.do_sample,
         num_beams=protocol.num_beams,
     )  # fmt: skip
-    runs, rows = [], []
+    runs, rows, data = [], [], _data_files(splits[0][1] if splits else None, gt_file)
     for index, (seed, images) in enumerate(splits):
         run_dir = split_dir(out, index, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_id_list(run_dir / IDS_FILE, images.image_ids)
-        extra = {"protocol": {**protocol.to_dict(), "split": index + 1, "seed": seed, "ids_file": IDS_FILE}}
+        split = {"split": index + 1, "seed": seed, "ids_file": IDS_FILE, "data_files": data}
+        extra = {"protocol": {**protocol.to_dict(), **split}}
         result = run_chair(
             lvlm, images, run_dir, settings=settings, intervention=intervention, prompt=protocol.prompt,
             gt_file=gt_file, mode=mode, seed=seed, resume=resume, progress=progress, ground_truth=ground_truth,

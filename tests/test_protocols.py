@@ -190,6 +190,7 @@ def test_a_protocol_runs_each_split_on_the_toy_world(
         assert ids == list(images.image_ids)
         assert manifest["protocol"]["name"] == "vhr" and manifest["protocol"]["seed"] == seed == manifest["seed"]
         assert manifest["prompt"] == small.prompt and manifest["settings"]["max_new_tokens"] == 4
+        assert set(manifest["protocol"]["data_files"]) == {"instances", "captions"}  # path + sha256 of the GT
         assert sorted(int(s["image_id"]) for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines()))\
             == sorted(ids)  # fmt: skip
         split_metrics.append(json.loads((run / "metrics.json").read_text()))
