@@ -2,11 +2,11 @@
 
     python scripts/measure_resume.py --images 64 --points 10 --out /tmp/resume-check
 
-One uninterrupted reference run, then for each point a fresh run killed with SIGKILL at a uniformly random time
-between the moment the reference wrote its first sample and its end (drawn again, up to 4 times, when the run
-finished before it), its status read from the run directory (it must be "interrupted"), then ``--resume``; the
-resumed samples.jsonl and metrics.json must equal the reference's exactly. Prints one row per point and a JSON
-summary; exits 1 if any point differs.
+One uninterrupted reference run, then for each point a fresh run killed with SIGKILL at a random moment: after a
+random number of its batches have landed (0 = during loading or the first batch), a delay drawn uniformly from the
+reference's time per batch (drawn again, up to 4 times, when the run finished first); its status is read from the
+run directory (it must be "interrupted"), then ``--resume``; the resumed samples.jsonl and metrics.json must equal
+the reference's exactly. Prints one row per point and a JSON summary; exits 1 if any point differs.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from halluc.runs import RunStore, run_status
 
 CLI = [sys.executable, "-m", "halluc.cli"]
 _TRIES = 4  # draws per point before a run that always finishes first is kept as it is
+_BATCH = 16
 
 
 def _command(images: int, out: Path, *extra: str) -> list[str]:
-    return [*CLI, "chair", "--images", "toy:val", "--limit", str(images), "--out", str(out), *extra]
+    common = ["--limit", str(images), "--batch-size", str(_BATCH), "--out", str(out)]
+    return [*CLI, "chair", "--images", "toy:val", *common, *extra]
 
 
 def _rows(run: Path) -> list[dict]:
@@ -74,15 +76,24 @@ def main() -> int:
     ref_metrics = json.loads((args.out / "ref" / "metrics.json").read_text(encoding="utf-8"))
     print(f"reference: {len(reference)} samples in {wall:.1f} s (first sample after {first:.1f} s)")
     rng = random.Random(args.seed)
+    n_batches = -(-args.images // _BATCH)
+    per_batch = (wall - first) / max(1, n_batches - 1)
     results = []
     print(f"{'point':>5} {'kill at s':>9} {'samples at kill':>15} {'status':>12} {'resume rc':>9} {'identical':>9}")
     for point in range(args.points):
         run = args.out / f"killed-{point}"
         for _ in range(_TRIES):  # a run that finished before its kill time is no kill point: draw again
             shutil.rmtree(run, ignore_errors=True)
-            at = rng.uniform(first, wall)
+            # a random batch, then a random moment within it (or within loading, for the first), scaled by the
+            # reference's timings but anchored on this run's progress, so a busy machine does not skew the points
+            after = rng.randrange(n_batches)
+            delay = rng.uniform(0, first if after == 0 else per_batch)
             proc = subprocess.Popen(_command(args.images, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(at)
+            began = time.monotonic()
+            while proc.poll() is None and _count(run) < after * _BATCH:
+                time.sleep(0.02)
+            time.sleep(delay)
+            at = time.monotonic() - began
             killed = proc.poll() is None
             if killed:
                 os.kill(proc.pid, signal.SIGKILL)
@@ -108,7 +119,10 @@ def main() -> int:
         "points": args.points,
         "killed_mid_run": sum(r["killed"] for r in results),
         "identical": sum(r["identical"] for r in results),
-        "interrupted_status_after_kill": sum(r["status_after_kill"] == "interrupted" for r in results),
+        "status_after_kill": {
+            s: sum(r["status_after_kill"] == s for r in results)
+            for s in sorted({r["status_after_kill"] for r in results})
+        },
         "reference_wall_s": round(wall, 1),
     }
     print(json.dumps(summary))
