@@ -2,11 +2,12 @@
 
     python scripts/measure_resume.py --images 64 --points 10 --out /tmp/resume-check
 
-One uninterrupted reference run, then for each point a fresh run killed with SIGKILL at a random moment: after a
-random number of its batches have landed (0 = during loading or the first batch), a delay drawn uniformly from the
-reference's time per batch (drawn again, up to 4 times, when the run finished first); its status is read from the
-run directory (it must be "interrupted"), then ``--resume``; the resumed samples.jsonl and metrics.json must equal
-the reference's exactly. Prints one row per point and a JSON summary; exits 1 if any point differs.
+One uninterrupted reference run, then for each point a fresh run killed with SIGKILL at a random moment of its
+generation: once the run has started (manifest written) and a random number of its batches have landed, after a
+delay drawn uniformly from the time the reference took for the next batch (drawn again, up to 4 times, when the run
+finished first); its status is read from the run directory (it must be "interrupted"), then ``--resume``; the
+resumed samples.jsonl and metrics.json must equal the reference's exactly. Prints one row per point and a JSON
+summary; exits 1 if any point differs.
 """
 
 from __future__ import annotations
@@ -59,38 +60,42 @@ def main() -> int:
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    start, first = time.monotonic(), None
+    start, opened, landed = time.monotonic(), None, []
     log = args.out / "ref.log"
     with log.open("w") as sink:
         ref = subprocess.Popen(_command(args.images, args.out / "ref"), stdout=sink, stderr=sink)
-    while ref.poll() is None:  # note when the first sample lands: kills are drawn from then to the end
-        if first is None and _count(args.out / "ref"):
-            first = time.monotonic() - start
-        time.sleep(0.05)
+    while ref.poll() is None:  # note when generation starts (manifest written) and when each batch lands
+        if opened is None and (args.out / "ref" / "manifest.json").exists():
+            opened = time.monotonic() - start
+        if _count(args.out / "ref") > len(landed) * _BATCH:
+            landed.append(time.monotonic() - start)
+        time.sleep(0.02)
     wall = time.monotonic() - start
-    if ref.returncode != 0:
+    if ref.returncode != 0 or opened is None or not landed:
         print(log.read_text()[-2000:], file=sys.stderr)
         return 1
-    first = first if first is not None else 0.0
+    first = landed[0]
+    steps = [b - a for a, b in zip([opened, *landed], landed, strict=False)]  # generation time of each batch
     reference = _rows(args.out / "ref")
     ref_metrics = json.loads((args.out / "ref" / "metrics.json").read_text(encoding="utf-8"))
     print(f"reference: {len(reference)} samples in {wall:.1f} s (first sample after {first:.1f} s)")
     rng = random.Random(args.seed)
-    n_batches = -(-args.images // _BATCH)
-    per_batch = (wall - first) / max(1, n_batches - 1)
+    n_batches = len(steps)
     results = []
     print(f"{'point':>5} {'kill at s':>9} {'samples at kill':>15} {'status':>12} {'resume rc':>9} {'identical':>9}")
     for point in range(args.points):
         run = args.out / f"killed-{point}"
         for _ in range(_TRIES):  # a run that finished before its kill time is no kill point: draw again
             shutil.rmtree(run, ignore_errors=True)
-            # a random batch, then a random moment within it (or within loading, for the first), scaled by the
-            # reference's timings but anchored on this run's progress, so a busy machine does not skew the points
+            # a random batch, then a random moment while it is generated (as long as the reference took for it),
+            # anchored on this run's own progress so a busy machine does not skew the points
             after = rng.randrange(n_batches)
-            delay = rng.uniform(0, first if after == 0 else per_batch)
+            delay = rng.uniform(0, steps[after])
             proc = subprocess.Popen(_command(args.images, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             began = time.monotonic()
-            while proc.poll() is None and _count(run) < after * _BATCH:
+            while proc.poll() is None and not (
+                (run / "manifest.json").exists() and _count(run) >= after * _BATCH
+            ):  # fmt: skip
                 time.sleep(0.02)
             time.sleep(delay)
             at = time.monotonic() - began
