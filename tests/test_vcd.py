@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 import zlib
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scores import generate_with_scores
+from test_fidelity import IMAGES, PROMPTS
 from tiny_models import TINY_FAMILIES, build_tiny
 
 from halluc.errors import ConfigError
@@ -19,12 +18,6 @@ from interventions import PAI, VCD, apply, parse_intervention
 
 torch.set_num_threads(1)
 
-IMAGES = [
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)),
-    None,  # a text-only sample in the same batch
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (56, 24, 3), dtype=np.uint8)),
-]
-PROMPTS = ["Describe this image in detail.", "Is there a dog?", "What objects can you see in this picture?"]
 STEPS = 4
 STRONG = VCD(alpha=3.0, beta=0.05, noise_step=900)
 
