@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scores import LastScores
 from tiny_models import TINY_FAMILIES, tiny_parts
 from transformers import LogitsProcessor
 
@@ -52,38 +53,16 @@ def sharp(family: str) -> LVLM:
     return LVLM.from_parts(model, processor, name_or_path=f"sharp-{family}")
 
 
-class Recorder(LogitsProcessor):
-    """Keeps a copy of the scores of every step and passes them through."""
-
-    def __init__(self) -> None:
-        self.steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.steps.append(scores.clone())
-        return scores
-
-
-class RecordAfter(GenerationHook):
-    """A generation hook added after the methods, so its recorder sees the scores they produced."""
-
-    def __init__(self) -> None:
-        self.recorder = Recorder()
-
-    def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
-        self.recorder = Recorder()
-        return [self.recorder]
-
-
 def run(lvlm: LVLM, batch: PreparedBatch, *methods: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
     """New tokens ``[rows, new]`` and processed scores ``[steps, rows, vocab]`` of a greedy run under ``methods``."""
-    hook = RecordAfter()
+    hook = LastScores()  # added after the methods, so it records the scores they produced
     with apply(lvlm, *methods):
         undo = add_generation_hook(lvlm, hook)
         try:
             new = lvlm.generate_ids(batch, max_new_tokens=STEPS, **kwargs)
         finally:
             undo()
-    return new, torch.stack(hook.recorder.steps)
+    return new, torch.stack(hook.steps)
 
 
 def reference(
