@@ -75,16 +75,9 @@ def _print_table(table: Table) -> None:
 
 
 def _load_model(model: str, device: str, dtype: str, trust_remote_code: bool):
-    from safetensors import SafetensorError
-
-    from halluc.errors import ModelLoadError
     from halluc.models import load_lvlm
 
-    name = model or default_model()
-    try:
-        return load_lvlm(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    except SafetensorError as exc:  # a truncated or corrupt weights file
-        raise ModelLoadError(f"cannot load model {str(name)!r}: corrupt weights ({exc}); download it again") from None
+    return load_lvlm(model or default_model(), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def _intervention(specs: list[str] | None, num_beams: int = 1):

@@ -25,8 +25,9 @@ from tiny_models import build_tiny
 from benchmarks import chair
 from benchmarks.jobs import run_chair, run_pope
 from benchmarks.runner import GenerationSettings, unique_samples
-from halluc.errors import InputDataError, OutputLocationError
+from halluc.errors import InputDataError, ModelLoadError, OutputLocationError
 from halluc.imagesets import resolve_images
+from halluc.models import load_lvlm
 from halluc.runs import LOCK, RunStore, run_status
 from halluc.world import build_split
 
@@ -361,6 +362,16 @@ def test_a_truncated_checkpoint_is_one_line(
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     args = ["chair", "--model", str(model), *_images(world), "--limit", "1", "--out", str(tmp_path / "r")]
     _one_line(*_main(args, monkeypatch, capsys), "cannot load model", str(model))
+
+
+def test_load_lvlm_names_corrupt_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    """The library call, not only the CLI, turns a truncated safetensors file into a ModelLoadError."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="corrupt weights"):
+        load_lvlm(model)
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from halluc.errors import ConfigError, ModelLoadError
@@ -91,6 +92,10 @@ def load_lvlm(
     except ImportError as error:
         raise ModelLoadError(
             f"cannot load model {name!r}: a required package is missing ({_first_line(error)})"
+        ) from None
+    except SafetensorError as error:  # a truncated or corrupt weights file
+        raise ModelLoadError(
+            f"cannot load model {name!r}: corrupt weights ({_first_line(error)}); download it again"
         ) from None
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {name!r}: {_first_line(error)}") from None
