@@ -8,12 +8,13 @@ scored with :mod:`benchmarks.chair` / :mod:`benchmarks.pope` or turned into an e
 * ``bad_text``: the caption or answer is not a string;
 * ``conflicting_duplicate``: the id repeats with a different text (every record of it; an exact repeat is
   dropped with a warning and counted in ``n_duplicates_dropped``);
-* ``missing_gt`` (CHAIR): the image has no ground truth; ``unknown_id`` (POPE): no question has that id;
+* ``missing_gt`` (CHAIR): the image has no ground truth; ``unknown_id`` (POPE, AMBER): no question has that id;
   ``no_label`` (POPE): the question has no yes/no label.
 
 The run directory is the one every job writes (manifest.json with the scored file's path and sha256,
 samples.jsonl with one record per input record in file order, error records included, metrics.json with the
-error counts), plus ``chair_details.json`` or ``pope_scored.json`` + ``pope_questions.json`` for the dashboard.
+error counts), plus ``chair_details.json`` or ``pope_scored.json`` + ``pope_questions.json`` for the dashboard
+(AMBER's per-query details are in the samples).
 POPE answers are paired with questions by question id; by order only when the file has no ids (with a warning).
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import chair, pope
+from benchmarks import amber, chair, pope
 from benchmarks.outputs import (
     ANSWER_KEYS,
     ID_KEYS,
@@ -44,7 +45,7 @@ from benchmarks.outputs import (
 from halluc.errors import ConfigError, InputDataError
 from halluc.runs import RunStore, config_hash, result_config
 
-__all__ = ["ScoreResult", "score_chair_file", "score_pope_file"]
+__all__ = ["ScoreResult", "score_amber_file", "score_chair_file", "score_pope_file"]
 
 _log = logging.getLogger("halluc")
 
@@ -360,4 +361,64 @@ def score_pope_file(
         "strict": strict,
     }
     store = _write_run(out, manifest, errors + good, scored)
+    return ScoreResult(store, scored[0] if scored else {}, by_kind)
+
+
+def score_amber_file(
+    path: Path,
+    out: Path,
+    *,
+    amber_data: Path,
+    id_key: str | None = None,
+    text_key: str | None = None,
+    parse_answers: bool = False,
+    model: str | None = None,
+) -> ScoreResult:
+    """Score AMBER responses ``[{id, response}]`` against the official metadata in ``amber_data`` into ``out``;
+    ``parse_answers`` first maps yes/no answers whose first word is yes or no (any case) to "Yes"/"No"."""
+    _existing(path, "response file")
+    data = amber.load_amber_data(amber_data)
+    records = read_outputs(path)
+    if not records:
+        raise InputDataError(f"response file {str(path)!r} holds no records")
+    id_key = field(records, id_key, amber.ID_KEYS, "--id-key", required=True)
+    text_key = field(records, text_key, TEXT_KEYS, "--text-key", required=True)
+    RunStore.check_output(out)
+    errors: list[dict[str, Any]] = []
+    items = []
+    for n, record in enumerate(records, 1):
+        raw, text = record.get(id_key), record.get(text_key)
+        if raw is None:
+            errors.append(error_record(n, "missing_id", f"record {n} has no {id_key!r} field"))
+        elif int_id(raw) is None:
+            errors.append(error_record(n, "bad_id", f"{id_key} {raw!r} is not an integer AMBER query id"))
+        elif not isinstance(text, str):
+            got = "nothing" if text is None else type(text).__name__
+            errors.append(error_record(n, "bad_text", f"{text_key!r} must be a string, got {got}", query=raw))
+        else:
+            items.append((n, int_id(raw), text))
+    kept, conflicts, dropped = dedupe(items, "query", str(path))
+    errors += conflicts
+    errors += [error_record(n, "unknown_id", f"no AMBER annotation has id {q}", query=q)
+               for n, q, _ in kept if q not in data.annotations]  # fmt: skip
+    good = [(n, q, text) for n, q, text in kept if q in data.annotations]
+    scored, samples = None, list(errors)
+    if good:
+        responses = {q: amber.official_response(data.annotations[q], text, parse_answers) for _, q, text in good}
+        metrics, details = amber.score_responses(responses, data)
+        samples += [{"id": str(q), "record": n, "response": text, "type": data.annotations[q]["type"], **details[q]}
+                    for n, q, text in good]  # fmt: skip
+        scored = metrics, {}
+    by_kind = _counts(scored[0] if scored else {}, len(records), errors, dropped)
+    manifest = {
+        "job": "amber",
+        "source": "score",
+        "model": model or Path(path).name,
+        "scored_file": {**_described(path), "n_records": len(records), "id_key": id_key, "text_key": text_key},
+        "images": {"name": Path(amber_data).name},
+        "amber_data": {name: _described(Path(amber_data) / name) for name in amber.DATA_FILES},
+        "similarity": amber.similarity_backend(),
+        "parse_answers": parse_answers,
+    }
+    store = _write_run(out, manifest, samples, scored)
     return ScoreResult(store, scored[0] if scored else {}, by_kind)

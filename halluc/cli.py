@@ -526,6 +526,33 @@ def score_pope(
     _report_score(result)
 
 
+@score_app.command("amber")
+def score_amber(
+    file: ScoredFileArg,
+    amber_data: Annotated[
+        Path,
+        typer.Option("--amber-data", help="The official AMBER data/ folder (annotations.json, relation.json, ...)."),
+    ],
+    id_key: Annotated[str | None, typer.Option("--id-key", help="Query id field (default: id, question_id).")] = None,
+    text_key: Annotated[
+        str | None, typer.Option("--text-key", help="Response field (default: ... response ...).")
+    ] = None,
+    parse_answers: Annotated[
+        bool, typer.Option("--parse-answers", help="Map yes/no answers starting with yes/no to 'Yes'/'No' first.")
+    ] = False,
+    model: SystemOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """AMBER of existing responses: generative CHAIR/Cover/Hal/Cog and yes/no questions, as officially scored."""
+    from benchmarks.score import score_amber_file
+
+    result = score_amber_file(
+        file, _out_dir(out, "score-amber"), amber_data=amber_data, id_key=id_key, text_key=text_key,
+        parse_answers=parse_answers, model=model,
+    )  # fmt: skip
+    _report_score(result)
+
+
 def _report_score(result) -> None:
     """Where the scoring run went, its metrics and its error records by kind."""
     console.print(f"run: [bold]{result.store.path}[/]")
