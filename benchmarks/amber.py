@@ -47,6 +47,7 @@ __all__ = [
     "score_responses",
     "similar",
     "similarity_backend",
+    "write_amber_data",
 ]
 
 _log = logging.getLogger("halluc")
@@ -126,11 +127,15 @@ def _start_values(path: Path) -> dict[str, float]:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise InputDataError(f"{str(path)!r} line {n}: {parts[1].strip()!r} is not a number")
         start[parts[0].strip()] = value
-    needed = [*_GEN_COUNTERS, *_QA_COUNTERS, *(f"{p}_{name}" for p in _GROUP_OF_PREFIX for name in _QA_COUNTERS)]
-    missing = [name for name in needed if name not in start]
+    missing = [name for name in _counter_names() if name not in start]
     if missing:
         raise InputDataError(f"{str(path)!r} does not set the counter(s) {', '.join(missing[:5])}")
     return start
+
+
+def _counter_names() -> list[str]:
+    """Every counter metrics.txt must set, in the official file's order."""
+    return [*_GEN_COUNTERS, *_QA_COUNTERS, *(f"{p}_{name}" for p in _GROUP_OF_PREFIX for name in _QA_COUNTERS)]
 
 
 def _check_annotations(path: Path, raw: Any, association: Mapping[str, list[str]]) -> dict[int, dict[str, Any]]:
@@ -174,6 +179,26 @@ def load_queries(root: Path, name: str = "query/query_all.json") -> list[dict[st
                                                 for q in queries):  # fmt: skip
         raise InputDataError(f"{str(Path(root) / name)!r} must be a list of {{id, image, query}} objects")
     return queries
+
+
+def write_amber_data(
+    root: Path,
+    annotations: Sequence[dict[str, Any]],
+    relation: Mapping[str, list[str]],
+    queries: Sequence[dict[str, Any]],
+    safe_words: Sequence[str] = (),
+) -> Path:
+    """Write a metadata set in the official layout (counters start as officially: 0.001 per denominator), so
+    :func:`load_amber_data` and ``halluc score amber`` read it like the real one; returns ``root``."""
+    root = Path(root)
+    (root / "query").mkdir(parents=True, exist_ok=True)
+    start = "".join(f"{name}={0.001 if name.endswith('_num') else 0}\n" for name in _counter_names())
+    (root / "metrics.txt").write_text(start)
+    (root / "safe_words.txt").write_text("\n".join(safe_words))
+    for name, content in (("annotations.json", annotations), ("relation.json", relation),
+                          ("query/query_all.json", queries)):  # fmt: skip
+        (root / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
+    return root
 
 
 @cache

@@ -308,6 +308,88 @@ def _labelled(path: Path, questions: list) -> list:
     return questions
 
 
+@app.command()
+def mme(
+    model: ModelOpt = "",
+    intervention: InterventionOpt = None,
+    images: ImagesOpt = "toy:val",
+    limit: LimitOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 8,
+    out: OutOpt = None,
+    batch_size: BatchOpt = 32,
+    num_beams: BeamsOpt = 1,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """MME-style existence/count/position/colour yes/no pairs on the embedded world (acc, acc+, score of 800)."""
+    from benchmarks.qa_jobs import mme_set, run_mme
+    from benchmarks.runner import GenerationSettings
+    from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore
+
+    image_set = resolve_images(images, limit=limit)
+    questions = mme_set(image_set, seed)
+    spec = _intervention(intervention, num_beams)
+    run_dir = _out_dir(out, "mme")
+    RunStore.check_output(run_dir, resume=resume)
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, num_beams=num_beams)
+    _report(run_mme(lvlm, image_set, run_dir, questions=questions, settings=settings, intervention=spec, seed=seed,
+                    resume=resume))  # fmt: skip
+
+
+@app.command()
+def amber(
+    model: ModelOpt = "",
+    intervention: InterventionOpt = None,
+    images: Annotated[
+        str, typer.Option("--images", help="toy:val (AMBER-format set built from the world) or the AMBER images.")
+    ] = "toy:val",
+    amber_data: Annotated[
+        Path | None, typer.Option("--amber-data", help="The official AMBER data/ folder (with real AMBER images).")
+    ] = None,
+    limit: LimitOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="For the descriptions.")] = 512,
+    answer_tokens: Annotated[int, typer.Option("--answer-tokens", min=1, help="For the yes/no answers.")] = 8,
+    out: OutOpt = None,
+    batch_size: BatchOpt = 16,
+    num_beams: BeamsOpt = 1,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """AMBER: describe images and answer its yes/no queries; scored as the official code does."""
+    from benchmarks.amber import load_amber_data
+    from benchmarks.qa_jobs import amber_requests, run_amber, world_amber_data
+    from benchmarks.runner import GenerationSettings
+    from halluc.errors import ConfigError
+    from halluc.imagesets import resolve_images
+    from halluc.runs import RunStore
+
+    spec = _intervention(intervention, num_beams)
+    run_dir = _out_dir(out, "amber")
+    if amber_data is None:
+        image_set = resolve_images(images, limit=limit)
+        RunStore.check_output(run_dir, resume=resume)
+        data, image_dir = world_amber_data(image_set, run_dir / "amber_data", seed), image_set.image_dir
+        requests, described = amber_requests(data, image_dir), image_set.describe()
+    else:
+        if images.startswith("toy:"):
+            raise ConfigError("--amber-data is the official set: pass its images folder with --images DIR")
+        data, image_dir = load_amber_data(amber_data), Path(images)
+        requests, described = amber_requests(data, image_dir, limit), {"name": "amber", "image_dir": images}
+        RunStore.check_output(run_dir, resume=resume)
+    lvlm = _load_model(model, device, dtype, trust_remote_code)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, num_beams=num_beams)
+    _report(run_amber(lvlm, data, requests, run_dir, settings=settings, answer_tokens=answer_tokens,
+                      intervention=spec, seed=seed, resume=resume, extra={"images": described}))  # fmt: skip
+
+
 def _report(result) -> None:
     """Print where the run went, its headline metrics and the error count."""
     console.print(f"run: [bold]{result.store.path}[/]")

@@ -14,8 +14,9 @@ import numpy as np
 
 from halluc.world.catalog import GLYPHS, NOUNS, SCENES
 from halluc.world.layout import Placement
+from halluc.world.shapes import Box
 
-__all__ = ["CAPTIONS_PER_IMAGE", "OCCLUDED_BELOW", "OPENERS", "describe", "salience"]
+__all__ = ["CAPTIONS_PER_IMAGE", "OCCLUDED_BELOW", "OPENERS", "box_gap", "describe", "grid_cell", "salience"]
 
 CAPTIONS_PER_IMAGE = 5
 OCCLUDED_BELOW = 0.85  # an object with a smaller visible fraction counts as occluded
@@ -62,13 +63,19 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
+def _centre(box: Box) -> tuple[float, float]:
     return box[0] + box[2] / 2, box[1] + box[3] / 2
+
+
+def grid_cell(box: Box, image_size: int) -> tuple[int, int]:
+    """(column, row) of a box's centre on the 3x3 grid captions place objects by: 0 left/top .. 2 right/bottom."""
+    cx, cy = (min(int(3 * c / image_size), 2) for c in _centre(box))
+    return cx, cy
 
 
 def _position(obj: Placement, image_size: int, scene: str, rng: np.random.Generator) -> str:
     """Where the object is, from its centre on a 3x3 grid ("in the top left corner of the kitchen", ...)."""
-    cx, cy = (min(int(3 * c / image_size), 2) for c in _centre(obj.box))
+    cx, cy = grid_cell(obj.box, image_size)
     col = ("left", "middle", "right")[cx]
     if cy == 1 and cx == 1:
         return _pick(rng, ("in the middle", "in the center"))
@@ -81,16 +88,16 @@ def _position(obj: Placement, image_size: int, scene: str, rng: np.random.Genera
     return _pick(rng, (corner, f"{corner} of the {scene}", f"at the {row} {col}"))
 
 
-def _gap(a: Placement, b: Placement) -> float:
-    """Distance between two boxes (0 when they touch or overlap)."""
-    (ax, ay, aw, ah), (bx, by, bw, bh) = a.box, b.box
+def box_gap(a: Box, b: Box) -> float:
+    """Distance between two (x, y, w, h) boxes (0 when they touch or overlap)."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = a, b
     return max(bx - (ax + aw), ax - (bx + bw), by - (ay + ah), ay - (by + bh), 0.0)
 
 
 def _relation(a: Placement, b: Placement, image_size: int, rng: np.random.Generator) -> str:
     """Where ``a`` is relative to ``b``: next to / to the left of / to the right of / above / below."""
     (ax, ay), (bx, by) = _centre(a.box), _centre(b.box)
-    if _gap(a, b) < 0.1 * image_size and rng.random() < 0.5:
+    if box_gap(a.box, b.box) < 0.1 * image_size and rng.random() < 0.5:
         return _pick(rng, ("next to", "beside", "near"))
     if abs(ax - bx) >= abs(ay - by):
         return "to the left of" if ax < bx else "to the right of"
@@ -99,7 +106,7 @@ def _relation(a: Placement, b: Placement, image_size: int, rng: np.random.Genera
 
 def _pair_relation(a: Placement, b: Placement, image_size: int) -> str:
     (ax, ay), (bx, by) = _centre(a.box), _centre(b.box)
-    gap = _gap(a, b)
+    gap = box_gap(a.box, b.box)
     if gap < 0.1 * image_size:
         return "side by side" if abs(ax - bx) >= abs(ay - by) else "one above the other"
     return "far apart" if gap > 0.35 * image_size else "not far from each other"
@@ -155,7 +162,7 @@ class _Writer:
             return _pick(rng, _FAINT).format(A=_cap(a), a=a, pos=pos, Pos=_cap(pos))
         known = [k for k in self.introduced if k != i]
         if known and rng.random() < 0.5:
-            ref = min(known, key=lambda k: _gap(obj, self.objs[k]))
+            ref = min(known, key=lambda k: box_gap(obj.box, self.objs[k].box))
             rel = _relation(obj, self.objs[ref], self.size, rng)
             a = self.phrase(i)
             return _pick(rng, _RELATIVE).format(A=_cap(a), a=a, rel=rel, Rel=_cap(rel), the_ref=self.phrase(ref))
