@@ -1,42 +1,249 @@
-"""System-vs-baseline differences of CHAIR metrics on the same images, with bootstrap CIs over images.
+"""Paired statistics of two systems scored on the same samples: each metric's difference with a bootstrap CI and a
+paired test (``halluc compare``, the dashboard's compare page, scripts/measure_interventions.py).
 
-Mean ± std over a few seeded subsets says how much a metric moves between subsets, not whether a method beats the
-baseline. Here every image is scored by both systems, so the difference of each ratio metric (sums over captions,
-as CHAIR aggregates) is taken on the same images and its 95% percentile CI comes from resampling images
-(:func:`benchmarks.mechanisms.bootstrap_by_image`).
+Every metric is a ratio of sums of per-sample counts: CHAIR's over captions as :func:`benchmarks.chair.chair_metrics`
+aggregates them (:data:`RATIOS`), POPE's over a split's questions as :func:`benchmarks.pope.pope_metrics` does
+(:data:`POPE_RATIOS`; "mean" is the mean over splits). So one rule gives a metric on any resample of the shared
+samples, and a difference B - A gets its percentile 95% CI from resampling the samples, the same ones for both runs
+(:func:`bootstrap_by_image`): images for CHAIR, questions for POPE (a POPE image's questions are not independent, so
+POPE's intervals are somewhat narrow). Paired tests, two-sided:
+
+* CHAIR_s and POPE accuracy are shares of a binary outcome per sample (the caption hallucinates; the answer is
+  right): exact McNemar test, a binomial test of the discordant pairs (``scipy.stats.binomtest``); for POPE on the
+  questions whose answers parse in both runs (all of them under the default rule).
+* The other metrics: a paired permutation test of the metric itself (``scipy.stats.permutation_test``, each
+  sample's two outputs swapped at random; exact when 2**n <= resamples), not Wilcoxon signed-rank on per-image
+  hallucinated-mention counts, which tests another quantity: CHAIR_i divides by all mentions, so a method that only
+  shortens captions lowers the per-image counts (a Wilcoxon "effect") with CHAIR_i unchanged, and Wilcoxon drops
+  the images whose counts tie, most of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import difflib
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from scipy import stats
 
-from benchmarks.mechanisms import Interval, bootstrap_by_image
-from halluc.errors import InputDataError
+from halluc.errors import ConfigError, InputDataError
+from halluc.runs import RunStore
 
-__all__ = ["RATIOS", "caption_counts", "paired_difference"]
+__all__ = [
+    "ASPECTS",
+    "POPE_RATIOS",
+    "RATIOS",
+    "Comparison",
+    "Interval",
+    "MetricDifference",
+    "PairedCounts",
+    "answer_counts",
+    "bootstrap_by_image",
+    "caption_counts",
+    "compare_runs",
+    "manifest_differences",
+    "paired_difference",
+]
 
-# metric -> (numerator, denominator) of the per-caption counts it sums
+# metric -> (numerator, denominator) of the per-caption counts (caption_counts) it sums
 RATIOS: dict[str, tuple[str, str]] = {
+    "CHAIR_s": ("hallucinated_caption", "captions"),
     "CHAIR_i": ("hallucinated", "mentions"),
     "CHAIR_i_distinct": ("distinct_hallucinated", "distinct"),
     "recall": ("covered", "gt"),
 }
+# metric -> (numerator, denominator) of the per-question counts (answer_counts) it sums within a split
+POPE_RATIOS: dict[str, tuple[str, str]] = {
+    "accuracy": ("correct", "parsed"),
+    "precision": ("tp", "said_yes"),
+    "recall": ("tp", "positive"),
+    "f1": ("twice_tp", "f1_denominator"),
+    "yes_ratio": ("said_yes", "parsed"),
+}
+_BINARY = {"CHAIR_s": "hallucinated_caption", "accuracy": "correct"}  # McNemar-tested metrics -> their outcome
+_DETAILS, _SCORED, _QUESTIONS = "chair_details.json", "pope_scored.json", "pope_questions.json"
+_MIN_RESAMPLES = 100
 
 
+# ----- bootstrap ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a percentile bootstrap confidence interval (NaN bounds when it cannot be formed)."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-ready values (NaN written as None)."""
+        return {k: (None if v is None or math.isnan(v) else v) for k, v in asdict(self).items()}
+
+    @property
+    def below_zero(self) -> bool:
+        """True when the whole interval is below 0."""
+        return bool(self.high < 0)
+
+    @property
+    def above_zero(self) -> bool:
+        """True when the whole interval is above 0."""
+        return bool(self.low > 0)
+
+
+def bootstrap_by_image(
+    n_groups: int,
+    statistic: Callable[[np.ndarray], Any],
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    batched: bool = False,
+) -> Interval:
+    """Percentile bootstrap CI of ``statistic(indices)``, resampling the ``n_groups`` images with replacement.
+
+    Images, not mentions or tokens, are the independent units; ``statistic`` receives an array of image indices
+    (repeats allowed), or with ``batched`` a [resamples, n_groups] array and returns one value per row (same
+    resamples, faster). Resamples where the statistic is undefined (NaN) are left out of the percentiles.
+    """
+    indices = np.arange(n_groups)
+    estimate = (float(statistic(indices[None])[0]) if batched else float(statistic(indices))) if n_groups else math.nan
+    if n_groups < 2 or math.isnan(estimate):
+        return Interval(estimate, math.nan, math.nan)
+
+    def resampled(sample: np.ndarray, axis: int = -1) -> Any:
+        rows = np.asarray(sample, dtype=int)
+        return statistic(rows) if batched else float(statistic(rows))
+
+    with warnings.catch_warnings():  # a constant statistic (e.g. no variation in a tiny sample) is not an error
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (indices,),
+            resampled,
+            vectorized=batched,
+            batch=max(1, 2_000_000 // n_groups) if batched else None,  # index rows of ~16 MB at a time
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    if math.isnan(low) or math.isnan(high):
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.nanpercentile(result.bootstrap_distribution, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high))
+
+
+# ----- per-sample counts and paired tests ---------------------------------------------------------------------------
 def caption_counts(detail: Mapping) -> dict[str, int]:
-    """The counts CHAIR_i, distinct CHAIR_i and recall sum, from one ``chair_details.json`` record."""
+    """The counts CHAIR_s, CHAIR_i, distinct CHAIR_i and recall sum, from one ``chair_details.json`` record."""
     mentions = detail["mentions"]
     generated = {m["category"] for m in mentions}
+    hallucinated = sum(bool(m["hallucinated"]) for m in mentions)
     return {
+        "captions": 1,
+        "hallucinated_caption": int(hallucinated > 0),
         "mentions": len(mentions),
-        "hallucinated": sum(bool(m["hallucinated"]) for m in mentions),
+        "hallucinated": hallucinated,
         "distinct": len(generated),
         "distinct_hallucinated": len({m["category"] for m in mentions if m["hallucinated"]}),
         "gt": len(detail["gt_objects"]),
         "covered": len(generated & set(detail["gt_objects"])),
     }
+
+
+def answer_counts(record: Mapping) -> dict[str, int]:
+    """The counts POPE's metrics sum, from one ``pope_scored.json`` record; an unparsed answer counts in none."""
+    prediction, label = record["prediction"], bool(record["label"])
+    parsed = prediction is not None
+    tp, fp, fn = (int(parsed and prediction is said and label is truth) for said, truth in
+                  ((True, True), (True, False), (False, True)))  # fmt: skip
+    return {"parsed": int(parsed), "correct": int(parsed and prediction == label), "tp": tp, "said_yes": tp + fp,
+            "positive": tp + fn, "twice_tp": 2 * tp, "f1_denominator": 2 * tp + fp + fn}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PairedCounts:
+    """Per-sample counts of runs A and B on the same samples: ``table`` holds A's rows, then B's in the same order."""
+
+    columns: tuple[str, ...]
+    table: np.ndarray  # [2 * n_samples, n_columns]
+    strata: np.ndarray  # [2 * n_samples] stratum (POPE split) of each row
+    n_strata: int = 1
+
+    @classmethod
+    def build(
+        cls, a: Sequence[Mapping[str, int]], b: Sequence[Mapping[str, int]], strata: Sequence[int] | None = None
+    ) -> PairedCounts:
+        """From the count dicts of A and B, sample i of each describing the same sample (stratum ``strata[i]``)."""
+        if len(a) != len(b):
+            raise InputDataError(f"paired counts need the same samples in both runs; got {len(a)} and {len(b)}")
+        columns = tuple(a[0]) if a else ()
+        table = np.array([[c[k] for k in columns] for c in (*a, *b)], dtype=float).reshape(-1, len(columns))
+        strata = np.zeros(len(a), dtype=int) if strata is None else np.asarray(strata, dtype=int)
+        return cls(columns, table, np.concatenate([strata, strata]), int(strata.max(initial=0)) + 1)
+
+    @property
+    def n(self) -> int:
+        return len(self.table) // 2
+
+    def metric(self, rows: np.ndarray, top: str, bottom: str) -> np.ndarray:
+        """Mean over strata of sum(top) / sum(bottom) over ``rows`` ([..., k] row indices; NaN where a sum is 0)."""
+        num = self.table[:, self.columns.index(top)][rows]  # [..., k]
+        den = self.table[:, self.columns.index(bottom)][rows]  # [..., k]
+        ratios = []
+        for stratum in range(self.n_strata):
+            mask = 1 if self.n_strata == 1 else self.strata[rows] == stratum  # [..., k]
+            top_sum, bottom_sum = (num * mask).sum(axis=-1), (den * mask).sum(axis=-1)
+            ratios.append(
+                np.divide(top_sum, bottom_sum, out=np.full(np.shape(bottom_sum), np.nan), where=bottom_sum > 0)
+            )
+        return np.mean(ratios, axis=0)
+
+    def values(self, top: str, bottom: str) -> tuple[float, float]:
+        """The metric of A and of B on all the samples."""
+        n = np.arange(self.n)
+        return float(self.metric(n, top, bottom)), float(self.metric(n + self.n, top, bottom))
+
+    def difference(self, top: str, bottom: str, *, n_resamples: int = 2000, seed: int = 0) -> Interval:
+        """B - A with its bootstrap CI, both runs resampled by the same samples."""
+        return bootstrap_by_image(
+            self.n, lambda rows: self.metric(rows + self.n, top, bottom) - self.metric(rows, top, bottom),
+            n_resamples=n_resamples, seed=seed, batched=True,
+        )  # fmt: skip
+
+    def mcnemar(self, outcome: str, *, within: str | None = None) -> float:
+        """Exact McNemar p-value of the binary ``outcome`` (on the samples where ``within`` is 1 in both runs)."""
+        a, b = self.table[:, self.columns.index(outcome)].reshape(2, -1) > 0
+        if within is not None:
+            both = (self.table[:, self.columns.index(within)].reshape(2, -1) > 0).all(axis=0)
+            a, b = a[both], b[both]
+        only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+        return float(stats.binomtest(only_b, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+
+    def permutation(self, top: str, bottom: str, *, n_resamples: int = 2000, seed: int = 0) -> float:
+        """Two-sided p-value of B - A under swapping each sample's A and B outputs at random (NaN if undefined)."""
+        rows = np.arange(self.n)
+        if math.isnan(float(self.metric(rows + self.n, top, bottom) - self.metric(rows, top, bottom))):
+            return math.nan
+
+        def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+            return self.metric(y, top, bottom) - self.metric(x, top, bottom)
+
+        result = stats.permutation_test(
+            (rows, rows + self.n), statistic, permutation_type="samples", vectorized=True, n_resamples=n_resamples,
+            batch=max(1, 2_000_000 // self.n), rng=np.random.default_rng(seed),
+        )  # fmt: skip
+        return float(result.pvalue)
+
+    def subset(self, stratum: int) -> PairedCounts:
+        """The samples of one stratum alone."""
+        keep = self.strata == stratum
+        return PairedCounts(self.columns, self.table[keep], np.zeros(int(keep.sum()), dtype=int))
 
 
 def paired_difference(
@@ -48,14 +255,245 @@ def paired_difference(
         raise InputDataError(f"no paired difference for {metric!r}; available: {', '.join(RATIOS)}")
     if [d["image_id"] for d in baseline] != [d["image_id"] for d in system]:
         raise InputDataError("paired difference needs the same images in the same order for both systems")
-    top, bottom = RATIOS[metric]
-    counts = []
-    for records in (baseline, system):
-        per_caption = [caption_counts(d) for d in records]
-        counts.append(np.array([[c[top], c[bottom]] for c in per_caption], dtype=float))
+    paired = PairedCounts.build([caption_counts(d) for d in baseline], [caption_counts(d) for d in system])
+    return paired.difference(*RATIOS[metric], n_resamples=n_resamples, seed=seed)
 
-    def difference(images: np.ndarray) -> float:
-        (b_top, b_bottom), (s_top, s_bottom) = (c[images].sum(axis=0) for c in counts)
-        return s_top / s_bottom - b_top / b_bottom if b_bottom and s_bottom else float("nan")
 
-    return bootstrap_by_image(len(baseline), difference, n_resamples=n_resamples, seed=seed)
+# ----- what must agree between runs --------------------------------------------------------------------------------
+def _get(manifest: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = manifest
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _picker(*keys: str) -> Callable[[Mapping[str, Any]], str]:
+    def pick(manifest: Mapping[str, Any]) -> str:
+        values = {key: _get(manifest, key) for key in keys}
+        return ", ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in values.items() if v is not None) or "-"
+
+    return pick
+
+
+# What two runs' manifests should share for a difference to measure the method alone (the model may be the method).
+ASPECTS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "model": _picker("model"),
+    "image set": _picker("images.name", "images.n_images", "images.image_dir", "n_questions"),
+    "prompt": _picker("prompt", "suffix"),
+    "token budget": _picker("settings.max_new_tokens"),
+    "protocol": _picker(
+        "chair_mode", "strict", "settings.do_sample", "settings.num_beams", "settings.temperature", "seed"
+    ),
+}
+
+
+def manifest_differences(manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per aspect in which the runs' manifests (by run name) differ, naming each run's value."""
+    lines = []
+    for aspect, pick in ASPECTS.items():
+        values = {name: pick(manifest) for name, manifest in manifests.items()}
+        if len(set(values.values())) > 1:
+            lines.append(f"{aspect}: " + "; ".join(f"{name}: {value}" for name, value in values.items()))
+    return lines
+
+
+# ----- comparing two run directories -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricDifference:
+    """One metric of runs A and B on their shared samples, B - A with its CI, and the paired test's p-value."""
+
+    metric: str
+    a: float
+    b: float
+    difference: Interval
+    p_value: float
+    test: str  # "mcnemar" or "permutation"
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: float) -> float | None:
+            return None if math.isnan(v) else v
+
+        return {"metric": self.metric, "a": clean(self.a), "b": clean(self.b), "difference": self.difference.to_dict(),
+                "p_value": clean(self.p_value), "test": self.test}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs A and B compared on the samples both scored (images or questions) and what may make them incomparable."""
+
+    job: str
+    run_a: str
+    run_b: str
+    unit: str
+    n_shared: int
+    n_only_a: int
+    n_only_b: int
+    warnings: tuple[str, ...]
+    n_resamples: int
+    seed: int
+    rows: tuple[MetricDifference, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN written as None)."""
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in ("rows", "warnings")},
+            "warnings": list(self.warnings),
+            "confidence": 0.95,
+            "tests": {
+                "mcnemar": "exact McNemar (binomial test of discordant pairs)",
+                "permutation": "paired permutation test of the metric (A/B swapped per sample)",
+            },
+            "metrics": [row.to_dict() for row in self.rows],
+        }
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"{path} is not valid JSON ({exc})") from None
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    if not Path(path).is_dir():
+        raise InputDataError(f"run directory {str(path)!r} does not exist")
+    if (Path(path) / "protocol_summary.json").exists() and not (Path(path) / "manifest.json").exists():
+        raise InputDataError(
+            f"{str(path)!r} holds a protocol's splits, not one run; compare two split directories (e.g. split1-seed0)"
+        )
+    manifest = RunStore.open(Path(path)).manifest
+    if not isinstance(manifest, dict):
+        raise InputDataError(f"{Path(path) / 'manifest.json'} must hold a JSON object")
+    return manifest
+
+
+def _artefact(path: Path, name: str, key: str) -> list[dict[str, Any]]:
+    file = Path(path) / name
+    if not file.is_file():
+        raise InputDataError(
+            f"run {str(path)!r} has no {name} (written when the run finishes scoring); finish or resume it first"
+        )
+    records = _read_json(file)
+    if not isinstance(records, list) or not all(isinstance(r, dict) and key in r for r in records):
+        raise InputDataError(f"{file} must hold a JSON array of objects with a {key!r}")
+    return records
+
+
+def _chair_samples(path: Path) -> dict[Any, dict[str, Any]]:
+    records = _artefact(path, _DETAILS, "image_id")
+    try:
+        return {int(r["image_id"]): {**r, "counts": caption_counts(r)} for r in records}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputDataError(f"{Path(path) / _DETAILS} has a record without {exc} as chair scoring writes it") from None
+
+
+def _pope_samples(path: Path) -> dict[Any, dict[str, Any]]:
+    """Scored answers by (split, question id), with the question's image and text when pope_questions.json has it."""
+    listed = _artefact(path, _QUESTIONS, "question_id") if (Path(path) / _QUESTIONS).is_file() else []
+    asked = {(str(q.get("split") or "all"), q["question_id"]): q for q in listed}
+    samples: dict[Any, dict[str, Any]] = {}
+    try:
+        for r in _artefact(path, _SCORED, "question_id"):
+            key = (str(r.get("split") or "all"), int(r["question_id"]))
+            if key in samples:
+                raise InputDataError(f"{Path(path) / _SCORED} scores question {key[0]}/{key[1]} twice")
+            question = asked.get(key, {})
+            samples[key] = {**r, "asked": (question.get("image"), question.get("text")), "counts": answer_counts(r)}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputDataError(f"{Path(path) / _SCORED} has a record without {exc} as POPE scoring writes it") from None
+    return samples
+
+
+# job -> (reader of its per-sample records by key, the samples' name, the metric names)
+_JOBS: dict[str, tuple[Callable[[Path], dict[Any, dict[str, Any]]], str, tuple[str, ...]]] = {
+    "chair": (_chair_samples, "images", tuple(RATIOS)),
+    "pope": (_pope_samples, "questions", tuple(POPE_RATIOS)),
+}
+
+
+def _chosen(job: str, metrics: Sequence[str] | None) -> list[str]:
+    valid = _JOBS[job][2]
+    for name in metrics or ():
+        if name not in valid:
+            lowered = {v.lower(): v for v in valid}  # "chair_i" -> CHAIR_i
+            close = difflib.get_close_matches(name.lower(), lowered, n=1)
+            hint = f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+            raise ConfigError(f"unknown {job} metric {name!r}{hint}; choose from: {', '.join(valid)}")
+    return [m for m in valid if not metrics or m in metrics]
+
+
+def _content_checks(job: str, keys: Sequence[Any], a: Mapping, b: Mapping) -> list[str]:
+    """Refuse POPE questions that differ between the runs; warn about CHAIR images with other ground truth."""
+    if job == "pope":
+        for key in keys:
+            asked, labels = (a[key]["asked"], b[key]["asked"]), (bool(a[key]["label"]), bool(b[key]["label"]))
+            known = None not in (asked[0][0], asked[1][0])  # both runs wrote pope_questions.json
+            if (known and asked[0] != asked[1]) or labels[0] != labels[1]:
+                raise InputDataError(
+                    f"question {key[0]}/{key[1]} differs between the runs (A: {asked[0]}, label {labels[0]}; B: "
+                    f"{asked[1]}, label {labels[1]}): they answered different POPE question files or label sets; "
+                    "compare runs of the same questions and labels"
+                )
+        return []
+    other = [key for key in keys if sorted(a[key]["gt_objects"]) != sorted(b[key]["gt_objects"])]
+    if not other:
+        return []
+    return [f"{len(other)} of {len(keys)} shared images have other ground-truth objects in the two runs (e.g. image "
+            f"{other[0]}): they were scored against different annotations"]  # fmt: skip
+
+
+def compare_runs(
+    run_a: Path, run_b: Path, *, metrics: Sequence[str] | None = None, n_resamples: int = 2000, seed: int = 0
+) -> Comparison:
+    """Each metric of two CHAIR (or two POPE) run directories on their shared samples, with B - A's bootstrap 95% CI
+    and the paired test's p-value; ``metrics`` picks some (default: all)."""
+    if n_resamples < _MIN_RESAMPLES:
+        raise ConfigError(f"--resamples {n_resamples} is too few for a 95% interval; use at least {_MIN_RESAMPLES}")
+    manifests = {"A": _manifest(run_a), "B": _manifest(run_b)}
+    jobs = [str(m.get("job")) for m in manifests.values()]
+    if jobs[0] != jobs[1] or jobs[0] not in _JOBS:
+        raise InputDataError(
+            f"halluc compare compares two CHAIR runs or two POPE runs; {run_a} is a {jobs[0]!r} run and {run_b} a "
+            f"{jobs[1]!r} run"
+        )
+    job = jobs[0]
+    names = _chosen(job, metrics)
+    read, unit, _ = _JOBS[job]
+    a, b = read(Path(run_a)), read(Path(run_b))
+    shared = [key for key in a if key in b]  # in A's order: POPE's splits in file order
+    if not shared:
+        raise InputDataError(
+            f"{run_a} ({len(a)} {unit}) and {run_b} ({len(b)} {unit}) share no {unit}; compare runs of the same {unit}"
+        )
+    notes = manifest_differences(manifests) + _content_checks(job, shared, a, b)
+    rows: list[MetricDifference] = []
+    if job == "chair":
+        paired = PairedCounts.build([a[k]["counts"] for k in shared], [b[k]["counts"] for k in shared])
+        rows = [_row(name, paired, RATIOS[name], _BINARY.get(name), n_resamples, seed) for name in names]
+    else:
+        splits = list(dict.fromkeys(key[0] for key in shared))
+        paired = PairedCounts.build(
+            [a[k]["counts"] for k in shared], [b[k]["counts"] for k in shared], [splits.index(k[0]) for k in shared]
+        )
+        groups = [(split, paired.subset(i)) for i, split in enumerate(splits)]
+        for group, counts in groups + ([("mean", paired)] if len(splits) > 1 else []):
+            rows += [_row(f"{group} {name}", counts, POPE_RATIOS[name], _BINARY.get(name), n_resamples, seed)
+                     for name in names]  # fmt: skip
+    return Comparison(
+        job, str(run_a), str(run_b), unit, len(shared), len(a) - len(shared), len(b) - len(shared), tuple(notes),
+        n_resamples, seed, tuple(rows),
+    )  # fmt: skip
+
+
+def _row(
+    name: str, paired: PairedCounts, ratio: tuple[str, str], outcome: str | None, n_resamples: int, seed: int
+) -> MetricDifference:
+    value_a, value_b = paired.values(*ratio)
+    difference = paired.difference(*ratio, n_resamples=n_resamples, seed=seed)
+    if outcome is not None:
+        p_value = paired.mcnemar(outcome, within=None if outcome == "hallucinated_caption" else "parsed")
+        return MetricDifference(name, value_a, value_b, difference, p_value, "mcnemar")
+    p_value = paired.permutation(*ratio, n_resamples=n_resamples, seed=seed)
+    return MetricDifference(name, value_a, value_b, difference, p_value, "permutation")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from benchmarks import chair
+from benchmarks.compare import Interval, bootstrap_by_image
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import ConfigError
 from halluc.imagesets import ImageSet, load_image
@@ -90,64 +90,6 @@ THRESHOLDS = {"in_scene_share": 0.8, "probe_absent_share": 0.5}
 
 
 # ----- statistics on hand-made inputs -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a percentile bootstrap confidence interval (NaN bounds when it cannot be formed)."""
-
-    estimate: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float | None]:
-        """JSON-ready values (NaN written as None)."""
-        return {k: (None if v is None or math.isnan(v) else v) for k, v in asdict(self).items()}
-
-    @property
-    def below_zero(self) -> bool:
-        """True when the whole interval is below 0."""
-        return bool(self.high < 0)
-
-    @property
-    def above_zero(self) -> bool:
-        """True when the whole interval is above 0."""
-        return bool(self.low > 0)
-
-
-def bootstrap_by_image(
-    n_groups: int,
-    statistic: Callable[[np.ndarray], float],
-    *,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Percentile bootstrap CI of ``statistic(indices)``, resampling the ``n_groups`` images with replacement.
-
-    Images, not mentions or tokens, are the independent units; ``statistic`` receives an array of image indices
-    (repeats allowed). Resamples where the statistic is undefined (NaN) are left out of the percentiles.
-    """
-    indices = np.arange(n_groups)
-    estimate = float(statistic(indices)) if n_groups else math.nan
-    if n_groups < 2 or math.isnan(estimate):
-        return Interval(estimate, math.nan, math.nan)
-    with warnings.catch_warnings():  # a constant statistic (e.g. no variation in a tiny sample) is not an error
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            (indices,),
-            lambda sample: float(statistic(np.asarray(sample, dtype=int))),
-            vectorized=False,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    low, high = result.confidence_interval
-    if math.isnan(low) or math.isnan(high):
-        tail = (1 - confidence) / 2 * 100
-        low, high = np.nanpercentile(result.bootstrap_distribution, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high))
-
-
 def stratified_difference(values: Sequence[float], hallucinated: Sequence[bool], strata: Sequence[int]) -> float:
     """Mean(hallucinated) - mean(grounded) within each stratum, averaged with the hallucinated counts as weights.
 

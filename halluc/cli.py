@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -642,6 +643,59 @@ def _report_score(result) -> None:
     if result.errors:
         kinds = ", ".join(f"{n} {kind}" for kind, n in result.errors.items())
         console.print(f"[yellow]{sum(result.errors.values())} error records ({kinds}) in samples.jsonl[/]")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run directory A (e.g. the baseline).")],
+    run_b: Annotated[Path, typer.Argument(help="Run directory B; differences are B - A.")],
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="Metric to compare, e.g. CHAIR_i or f1; repeat (all).")
+    ] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples and test permutations.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the resampling.")] = 0,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the comparison to this file.")] = None,
+) -> None:
+    """B - A of each CHAIR (or POPE) metric on the samples both runs scored: paired 95% bootstrap CI and p-value."""
+    from benchmarks.compare import compare_runs
+    from halluc.errors import OutputLocationError
+    from halluc.runs import atomic_write_json
+
+    if json_file is not None and not json_file.parent.is_dir():
+        raise OutputLocationError(f"--json {str(json_file)!r}: folder {str(json_file.parent)!r} does not exist")
+    result = compare_runs(run_a, run_b, metrics=metric, n_resamples=resamples, seed=seed)
+    console.print(f"A: {result.run_a}\nB: {result.run_b}", highlight=False)
+    console.print(
+        f"{result.n_shared} shared {result.unit}; left out: {result.n_only_a} only in A, {result.n_only_b} only in B",
+        highlight=False,
+    )
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] the runs differ in {line}", highlight=False)
+    console.print(comparison_table(result))
+    if json_file is not None:
+        atomic_write_json(json_file, result.to_dict())
+        console.print(f"written: {json_file}", highlight=False)
+
+
+def comparison_table(result) -> Table:
+    """The metrics of A and B, B - A with its 95% CI and the paired test's p-value, in %, within 80 columns."""
+
+    def points(value: float, sign: str = "") -> str:
+        return "-" if math.isnan(value) else f"{100 * value:{sign}.1f}"  # NaN: undefined (a zero denominator)
+
+    table = Table(
+        "metric", "A", "B", "B-A", "95% CI", "p", "test",
+        title=f"B - A on {result.n_shared} shared {result.unit}, in %",
+        caption=f"McNemar: exact test; perm: paired permutation test ({result.n_resamples} draws)",
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True,
+    )  # fmt: skip
+    for row in result.rows:
+        d, p = row.difference, row.p_value
+        ci = "-" if math.isnan(d.low) else f"[{points(d.low, '+')}, {points(d.high, '+')}]"
+        shown = "-" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+        test = "McNemar" if row.test == "mcnemar" else "perm"
+        table.add_row(row.metric, points(row.a), points(row.b), points(d.estimate, "+"), ci, shown, test)
+    return table
 
 
 sentinel_app = typer.Typer(help="SENTINEL sentence-level, detector-validated preference pairs.", no_args_is_help=True)
