@@ -58,7 +58,17 @@ CHAIR_KEYS = (  # as benchmarks.chair writes them
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")  # per split, as benchmarks.pope writes them
 # The CHAIR columns of the dashboard's runs and compare tables (a suite cell: benchmarks.suite.SUITE_CHAIR_METRICS)
 CHAIR_HEADLINE = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "f1", "degenerate_share")
-HEADLINE = (*CHAIR_HEADLINE, "POPE accuracy", "POPE f1", "POPE yes_ratio")
+# MME's score out of 800 and AMBER's generative figures and discriminative F1 (metric key -> column name)
+QA_HEADLINE = {"mme": {"total_score": "MME score"},
+               "amber": {"chair": "AMBER CHAIR", "cover": "AMBER Cover", "hal": "AMBER Hal", "cog": "AMBER Cog",
+                         "discriminative_f1": "AMBER F1"}}  # fmt: skip
+HEADLINE = (
+    *CHAIR_HEADLINE,
+    "POPE accuracy",
+    "POPE f1",
+    "POPE yes_ratio",
+    *(c for h in QA_HEADLINE.values() for c in h.values()),
+)
 
 
 def runs_root() -> Path:
@@ -327,9 +337,12 @@ def ordered(names: Iterable[str], first: Sequence[str]) -> list[str]:
 
 
 def headline(run: Run) -> dict[str, float]:
-    """Key metrics for the runs table (names in ``HEADLINE``): CHAIR's, or POPE's means over its splits."""
+    """Key metrics for the runs table (names in ``HEADLINE``): CHAIR's, POPE's means over its splits, MME's or
+    AMBER's."""
     metrics = run.metrics or {}
-    if run.job == "pope":
+    if run.job in QA_HEADLINE:
+        picked = {name: metrics.get(key) for key, name in QA_HEADLINE[run.job].items()}
+    elif run.job == "pope":
         mean = metrics.get("mean") if isinstance(metrics.get("mean"), dict) else {}
         picked = {f"POPE {k}": mean.get(k) for k in ("accuracy", "f1", "yes_ratio")}
     else:

@@ -21,15 +21,16 @@ from benchmarks.runner import GenerationSettings, Request, RunSummary, firing_su
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import ConfigError, InputDataError
 from halluc.imagesets import ImageSet
-from halluc.world.questions import MME_SUBSETS, Question, amber_set, load_world_images, mme_questions
+from halluc.world.questions import MME_SUBSETS, Question, WorldImage, amber_set, load_world_images, mme_questions
 
 __all__ = ["amber_requests", "mme_set", "run_amber", "run_mme", "world_amber_data"]
 
 
-def _world_images(images: ImageSet) -> list:
-    if images.instances is None or not images.name.startswith("toy:"):
+def _world_images(images: ImageSet) -> list[WorldImage]:
+    """The world's record of every image of ``images`` (its instances file must be a world build's)."""
+    if images.instances is None:
         raise ConfigError(f"--images {images.name!r}: these questions come from the embedded world; use toy:val")
-    return load_world_images(images.instances, [int(i) for i in images.image_ids])
+    return load_world_images(images.instances, list(images.image_ids))
 
 
 def mme_set(images: ImageSet, seed: int = 0) -> list[Question]:
