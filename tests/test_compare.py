@@ -110,6 +110,33 @@ def test_permutation_p_value_is_the_exact_enumeration_for_few_images(tmp_path: P
     null = np.array(null)
     expected = min(1.0, 2 * min(np.mean(null >= observed - 1e-12), np.mean(null <= observed + 1e-12)))
     assert row.test == "permutation" and row.p_value == pytest.approx(expected)
+    assert row.p_value == pytest.approx(_scipy_permutation(a, b, 2000))
+
+
+def _scipy_permutation(a: list[dict], b: list[dict], n_resamples: int) -> float:
+    """scipy.stats.permutation_test's paired test of the CHAIR_i difference (slow for many images)."""
+    from scipy import stats
+
+    counts = np.array([[sum(m["hallucinated"] for m in r["mentions"]), len(r["mentions"])] for r in (*a, *b)])
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        (top_x, bottom_x), (top_y, bottom_y) = np.moveaxis(counts[x], -1, 0), np.moveaxis(counts[y], -1, 0)
+        return top_y.sum(-1) / bottom_y.sum(-1) - top_x.sum(-1) / bottom_x.sum(-1)
+
+    rows = np.arange(len(a))
+    test = stats.permutation_test(
+        (rows, rows + len(a)), statistic, permutation_type="samples", vectorized=True, n_resamples=n_resamples, rng=0
+    )
+    return float(test.pvalue)
+
+
+def test_random_permutation_p_value_agrees_with_scipy(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    a, b = ([_caption(i, rng.choice([0, 0, 1, 2]), rng.randint(1, 4)) for i in range(80)] for _ in "ab")
+    run_a, run_b = _run(tmp_path / "a", "chair", a), _run(tmp_path / "b", "chair", b)
+    row = next(r for r in compare_runs(run_a, run_b, n_resamples=20_000).rows if r.metric == "CHAIR_i")
+    assert 0.01 < row.p_value < 0.5  # a case where the p-value is not at either end
+    assert row.p_value == pytest.approx(_scipy_permutation(a, b, 20_000), abs=0.015)
 
 
 def _pope_records(rng: random.Random, n: int, accuracy: float) -> tuple[list[dict], list[dict]]:
@@ -131,7 +158,7 @@ def test_pope_values_are_pope_metrics_and_accuracy_gets_mcnemar(tmp_path: Path) 
     (sa, qa), (sb, _) = _pope_records(rng, 150, 0.7), _pope_records(rng, 150, 0.85)
     sb = [{**r, "label": a["label"]} for r, a in zip(sb, sa, strict=True)]  # same labels
     sb = [{**r, "correct": r["prediction"] == r["label"]} for r in sb]
-    result = compare_runs(_run(tmp_path / "a", "pope", sa, qa), _run(tmp_path / "b", "pope", sb, qa), n_resamples=4000)
+    result = compare_runs(_run(tmp_path / "a", "pope", sa, qa), _run(tmp_path / "b", "pope", sb, qa), n_resamples=2000)
     rows = {r.metric: r for r in result.rows}
     assert result.unit == "questions" and result.n_shared == 450
     expected = pope.aggregate(sa), pope.aggregate(sb)  # scikit-learn's metrics, per split and their mean
