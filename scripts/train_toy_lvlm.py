@@ -14,7 +14,7 @@ language model is pretrained text-only on generated descriptions with the world'
 projector alone learns to feed image features to it (LLaVA's alignment); (3) projector + language model are tuned
 on detailed descriptions and POPE-format yes/no questions with text-only descriptions mixed in.
 
-    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # ~23 min on 2 CPU cores (measured)
+    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # 25-30 min on 2 CPU cores (v14 measured)
 """
 
 from __future__ import annotations
@@ -562,7 +562,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-lr", type=float, default=2e-3)
     p.add_argument("--align-steps", type=int, default=150, help="projector-only alignment steps")
     p.add_argument("--align-lr", type=float, default=1e-3)
-    p.add_argument("--tune-steps", type=int, default=1800, help="projector + language model tuning steps")
+    p.add_argument("--tune-steps", type=int, default=2000, help="projector + language model tuning steps")
     p.add_argument("--tune-lr", type=float, default=1e-3)
     p.add_argument("--questions-per-image", type=int, default=1, help="tuning: yes/no questions per description")
     p.add_argument("--text-share", type=float, default=0.2, help="tuning: share of text-only descriptions")
