@@ -1,5 +1,6 @@
 """Straightforward eager batch-1 implementations of each method's official algorithm: the yardstick for the
-fidelity tests (``tests/test_fidelity.py``) and for the speed benchmark (``scripts/bench_interventions.py``).
+fidelity tests (``tests/test_fidelity.py``, ``tests/test_opera.py``) and for the speed benchmark
+(``scripts/bench_interventions.py``).
 
 Written from the official code's algorithm (LALBJ/PAI, hasanar1f/PAINT, and the VHR paper's Algorithm 1; the
 VHR repository could not be read here), in its style: eager attention whose pre-softmax scores of the last query
@@ -10,6 +11,7 @@ per layer. Nothing here uses halluc's intervention machinery; only the configs' 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +24,15 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from halluc.models import LVLM
 
-__all__ = ["ReferenceRun", "reference_pai", "reference_token_emphasis", "reference_vhr", "reference_vista"]
+__all__ = [
+    "OperaReference",
+    "ReferenceRun",
+    "reference_opera",
+    "reference_pai",
+    "reference_token_emphasis",
+    "reference_vhr",
+    "reference_vista",
+]
 
 ATTENTION = "halluc_reference_eager"
 EDITS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # layer -> edit of the last row's [heads, keys]
@@ -272,3 +282,190 @@ def reference_vista(lvlm: LVLM, image, prompt: str, new_tokens: int, strength: f
     finally:
         for hook in capture + steering:
             hook.remove()
+
+
+class OperaReference(ReferenceRun):
+    """OPERA's new tokens, the processed scores ``[beams, vocab]`` of every loop iteration, and the rollback
+    positions in order."""
+
+    def __init__(self, tokens: list[int], scores: list[torch.Tensor], rollbacks: list[int]) -> None:
+        super().__init__(tokens, scores)
+        self.rollbacks = rollbacks
+
+
+class _Hyps:
+    """transformers 4.29 ``BeamHypotheses`` (length_penalty 1, early_stopping False: the generation defaults)."""
+
+    def __init__(self, beams: int) -> None:
+        self.beams, self.kept, self.worst = beams, [], 1e9
+
+    def add(self, hyp: torch.Tensor, sum_logprobs: float) -> None:
+        score = sum_logprobs / hyp.shape[-1]
+        if len(self.kept) < self.beams or score > self.worst:
+            self.kept.append((score, hyp))
+            if len(self.kept) > self.beams:
+                ranked = sorted([(s, i) for i, (s, _) in enumerate(self.kept)])
+                del self.kept[ranked[0][1]]
+                self.worst = ranked[1][0]
+            else:
+                self.worst = min(score, self.worst)
+
+    def is_done(self, best_sum_logprobs: float, cur_len: int) -> bool:
+        return len(self.kept) >= self.beams and self.worst >= best_sum_logprobs / cur_len
+
+
+def reference_opera(
+    lvlm: LVLM,
+    image: Image.Image | None,
+    prompt: str,
+    new_tokens: int,
+    num_beams: int = 5,
+    scale_factor: float = 50.0,
+    threshold: int = 15,
+    num_attn_candidates: int = 5,
+    penalty_weights: float = 1.0,
+    window_size: int = 512,
+) -> OperaReference:
+    """shikiw/OPERA ``opera_beam_search`` (transformers-4.29.2/src/transformers/generation/utils.py:3116-3600), one
+    sample, eager attention: the prompt (with its image) runs once; each iteration then recomputes all the beams'
+    new tokens on a copy of the prompt cache (``output_attentions``; a generated image-placeholder id would break
+    a forward of the whole sequence), the last layer's rows max over heads, then every candidate appended; column
+    scores in float16; the same history, rollback and rejection rules; beam search as 4.29's
+    ``BeamSearchScorer``. Only the rows of new tokens are kept: the window and the row sums need no others."""
+    beams, C = num_beams, num_attn_candidates
+    base = dict(lvlm.prepare([image] * beams, [prompt] * beams).inputs)  # the official expands the input per beam
+    prompt_ids = base["input_ids"]
+    P = prompt_ids.shape[1]
+    image_ids = (prompt_ids[0] == lvlm.model.config.image_token_id).nonzero().flatten()
+    eos = lvlm.model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos)
+
+    def forward(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last logits ``[beams, vocab]`` and the last layer's rows of the new tokens, max over heads."""
+        if ids.shape[1] == P:
+            return prompt_logits, torch.zeros(beams, 1, 0, P)
+        positions = torch.arange(P, ids.shape[1])[None] + offsets  # text positions after the prompt
+        out = lvlm.model(
+            input_ids=ids[:, P:], attention_mask=torch.ones_like(ids), position_ids=positions,
+            cache=copy.deepcopy(prompt_cache), output_attentions=True,
+        )  # fmt: skip
+        return out.logits[:, -1].float(), out.attentions[-1].float().max(1, keepdim=True).values
+
+    previous = lvlm.attn_implementation
+    lvlm.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            prompt_positions, offsets = lvlm.prefill_positions(base)  # offsets: M-RoPE's shift after an image
+            out = lvlm.model(**base, position_ids=prompt_positions, use_cache=True)
+            prompt_logits, prompt_cache = out.logits[:, -1].float(), out.cache
+            return _opera_loop(
+                forward, prompt_ids, P, image_ids, eos, new_tokens, beams, scale_factor, threshold, C,
+                penalty_weights, window_size,
+            )  # fmt: skip
+    finally:
+        lvlm.set_attn_implementation(previous)
+
+
+def _opera_loop(forward, input_ids, P, image_ids, eos, new_tokens, beams, scale_factor, threshold, C, weights, window):
+    max_length = P + new_tokens
+    beam_scores = torch.zeros(beams)
+    beam_scores[1:] = -1e9
+    hyps, done = _Hyps(beams), False
+    history, history_locs, max_rollback_time = [], [], torch.zeros(window)
+    rejects = [[] for _ in range(window)]
+    beam_next_tokens = beam_idx = None
+    all_scores, rollbacks = [], []
+    while True:
+        state = {"input_ids": input_ids.clone(), "hyps": copy.deepcopy(hyps)}
+        logits, attn_previous = forward(input_ids)  # [beams, vocab], [beams, 1, L - P, L]
+        cand_scores, cand_tokens = torch.topk(logits, C, dim=-1, largest=True, sorted=True)
+        state.update(beam_scores=beam_scores.clone(), beam_next_tokens=beam_next_tokens, beam_idx=beam_idx)
+        attn_last = []
+        for c in range(C):
+            _, attn = forward(torch.cat([input_ids, cand_tokens[:, c : c + 1]], dim=-1))
+            square = torch.cat([attn_previous, torch.zeros_like(attn_previous).sum(-1, keepdim=True)], -1)
+            attn_last.append(torch.cat([square, attn[:, :, -1:]], -2))
+        attn_last = torch.cat(attn_last, 1)  # [beams, C, L - P + 1, L + 1]: the rows of the new tokens
+        attn_last = attn_last / attn_last.sum(-1, keepdim=True)
+        attn_local = scale_factor * attn_last[:, :, :, P:]
+        attn_local_scores = torch.zeros(attn_local.shape[:2] + attn_local.shape[-1:], dtype=torch.float16)
+        for j in range(attn_local.shape[-1]):
+            attn_local_scores[..., j] = (1e-7 * attn_local[..., j:, j].prod(-1)).to(torch.float32)
+        cur_response_lens = attn_local.shape[-1]
+        if len(image_ids):
+            attn_i = attn_last[:, :, -1, int(image_ids[0]) : int(image_ids[-1]) + 1].sum(-1)
+        else:
+            attn_i = torch.zeros(attn_last.shape[:2])
+        rollback_scores, rollback_locs = attn_local_scores.max(-1)
+        rollback_loc = rollback_locs.mode().values.mode().values
+        penalty_scores = -attn_i if cur_response_lens <= 10 else rollback_scores
+        history_locs.append(rollback_locs.mode().values[:, None])
+        gathered = torch.cat(history_locs, -1)
+        cand_scores = cand_scores - weights * penalty_scores
+        if len(history) >= window:
+            history.pop(0)
+        history.append(state)
+        pos, rolled = int(rollback_loc) + 1, False
+        if all((row == rollback_loc).long().sum() > int(threshold) for row in gathered) and rollback_loc >= 10:
+            if pos + 1 < window and max_rollback_time[pos] >= C:
+                pos -= 1
+                rolled = bool(max_rollback_time[pos] < C)
+            else:
+                rolled = pos + 1 < window
+            if rolled:
+                max_rollback_time[pos] += 1
+                if cur_response_lens - pos > window + 1:
+                    pos = max(1, cur_response_lens - window - 1)
+                for j in range(cur_response_lens - pos - 2):
+                    history.pop(-1)
+                    history_locs.pop(-1)
+                    rejects[-(j + 1)] = []
+                input_ids, hyps = history[-2]["input_ids"], history[-2]["hyps"]
+                beam_scores = history[-2]["beam_scores"]
+                beam_next_tokens, beam_idx = history[-1]["beam_next_tokens"], history[-1]["beam_idx"]
+                logits, _ = forward(input_ids)
+                history.pop(-1)
+                history_locs.pop(-1)
+                rejects[pos + 1] = []
+                logits = logits - (999.0 + logits.min(-1, keepdim=True).values)
+                flat = logits.view(1, -1)
+                reject = (beam_idx * logits.shape[-1] + beam_next_tokens)[None]
+                if len(rejects[pos]) > 0:
+                    reject = torch.cat([rejects[pos], reject], -1)
+                rejects[pos] = reject
+                next_logits = flat.scatter(-1, reject, -999.0).view(beams, -1)
+                rollbacks.append(pos)
+        if not rolled:
+            next_logits = torch.full_like(logits, -999.0).scatter(-1, cand_tokens, cand_scores)
+        scores = torch.log_softmax(next_logits, dim=-1)
+        all_scores.append(scores)
+        vocab = scores.shape[-1]
+        top_scores, top = torch.topk((scores + beam_scores[:, None]).view(1, -1), 2 * beams, dim=1)
+        sources, tokens = top[0] // vocab, top[0] % vocab
+        next_beam_scores, beam_next_tokens, beam_idx = torch.zeros(beams), torch.zeros(beams, dtype=torch.long), None
+        beam_idx = torch.zeros(beams, dtype=torch.long)
+        kept = 0
+        for rank in range(2 * beams):
+            if int(tokens[rank]) in eos:
+                if rank < beams:
+                    hyps.add(input_ids[sources[rank]].clone(), top_scores[0, rank].item())
+            else:
+                next_beam_scores[kept], beam_next_tokens[kept], beam_idx[kept] = (
+                    top_scores[0, rank],
+                    tokens[rank],
+                    sources[rank],
+                )
+                kept += 1
+            if kept == beams:
+                break
+        done = done or hyps.is_done(top_scores[0].max().item(), input_ids.shape[-1] + 1)
+        beam_scores = next_beam_scores
+        input_ids = torch.cat([input_ids[beam_idx], beam_next_tokens[:, None]], dim=-1)
+        if done or input_ids.shape[-1] >= max_length:
+            break
+    if not done:
+        for k in range(beams):
+            hyps.add(input_ids[k], beam_scores[k].item())
+    best = sorted(hyps.kept, key=lambda x: x[0])[-1][1]
+    tokens = best[P:].tolist() + ([eos[0]] if best.shape[-1] < max_length else [])
+    return OperaReference(tokens, all_scores, rollbacks)

@@ -11,7 +11,7 @@ Use:
     def caption(lvlm, images): ...
 
 Methods (one module each): ``VHR`` (vhr.py), ``TokenEmphasis`` (token_emphasis.py), ``PAI`` (modality.py),
-``VCD`` (vcd.py), ``DoLa`` (dola.py), ``VISTA`` (vista.py).
+``VCD`` (vcd.py), ``DoLa`` (dola.py), ``VISTA`` (vista.py), ``OPERA`` (opera.py, its loop in opera_loop.py).
 
 Extend (docs/extending.md has a worked example): subclass ``Intervention`` (a frozen dataclass; ``check`` validates,
 ``install`` attaches), decorate it with ``register``, and install one or more of the shared mechanisms, each in
@@ -47,6 +47,7 @@ from interventions.firing import FiringMonitor
 from interventions.head_edit import HeadEdit, add_head_hooks, scale_last_position
 from interventions.layers import check_layer_spec, resolve_layers, scale_to_depth
 from interventions.modality import PAI
+from interventions.opera import OPERA
 from interventions.row_edit import ATTENTION_NAME, RowEdit, add_row_edit
 from interventions.scope import live, owned_forward
 from interventions.token_emphasis import TokenEmphasis, select_tokens
@@ -58,6 +59,7 @@ register_spec_parser(parse_intervention)
 
 __all__ = [
     "ATTENTION_NAME",
+    "OPERA",
     "PAI",
     "REGISTRY",
     "VCD",

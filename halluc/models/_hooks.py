@@ -17,6 +17,7 @@ from halluc.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    import torch
     from transformers import LogitsProcessor
 
     from halluc.models._inputs import PreparedBatch
@@ -34,6 +35,13 @@ class GenerationHook:
     def logits_processors(self, lvlm: LVLM, batch: PreparedBatch) -> list[LogitsProcessor]:
         """Extra logits processors for this call (fresh instances; may be empty)."""
         return []
+
+    def decoding(self, lvlm: LVLM, batch: PreparedBatch) -> Callable[..., torch.LongTensor] | None:
+        """A decoding loop replacing ``model.generate``'s own for this call, or None (the default): passed as
+        ``generate(custom_generate=...)``, it is called after the inputs, cache and processors are prepared as
+        ``fn(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)`` and
+        returns the sequences ``[batch, prompt + new]``. At most one attached hook may supply one."""
+        return None
 
     def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:
         """What this hook did to each sample of the call just made (one dict per sample), or None: read after

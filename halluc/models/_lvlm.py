@@ -212,16 +212,23 @@ class LVLM:
         """Run ``model.generate`` on a prepared batch and return only the new tokens, ``[batch, new]``.
 
         ``intervention``: an Intervention, a spec string such as ``"vhr:alpha=2"``, or a list of them (applied in
-        order for this call). Each hook in ``generation_hooks`` is started first, may add logits processors, and is
-        always ended. ``firing``: when a list, one dict per sample is appended, merging what each hook reports it
-        did (``GenerationHook.report``).
+        order for this call). Each hook in ``generation_hooks`` is started first, may add logits processors or (one
+        hook at most) replace the decoding loop (``GenerationHook.decoding``), and is always ended. ``firing``: when
+        a list, one dict per sample is appended, merging what each hook reports it did (``GenerationHook.report``).
         """
         with applied(self, intervention), ExitStack() as ended:
             processors = LogitsProcessorList(logits_processor or [])
+            decoders = []  # (hook, custom decoding loop)
             for hook in list(self.generation_hooks):
                 hook.on_generate_start(self, batch)
                 ended.callback(hook.on_generate_end, self)
                 processors.extend(hook.logits_processors(self, batch))
+                decoders += [(hook, fn)] if (fn := hook.decoding(self, batch)) is not None else []
+            if len(decoders) > 1:
+                names = ", ".join(type(hook).__name__ for hook, _ in decoders)
+                raise ConfigError(f"several attached methods replace the decoding loop ({names}); attach one of them")
+            if decoders:
+                generation_kwargs["custom_generate"] = decoders[0][1]
             generation_kwargs.setdefault("pad_token_id", self.pad_token_id)
             output = self.model.generate(
                 **batch.inputs,
