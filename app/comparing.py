@@ -1,57 +1,41 @@
 """Whether runs can be compared, and their metrics on the samples they share (no Streamlit here).
 
-Runs that differ in image set, prompt, token budget or protocol do not measure the same thing: the compare page
-names each difference and can rescore every run on the samples all of them share (CHAIR: the shared image ids,
-re-scored from the captions in chair_details.json; POPE: the shared questions of pope_scored.json).
+Runs that differ in model, image set, prompt, token budget or protocol do not measure the method alone: the compare
+page names each difference and can rescore every run on the samples all of them share (CHAIR: the shared image ids,
+re-scored from the captions in chair_details.json; POPE: the shared questions of pope_scored.json). Paired
+differences to a baseline with CIs and p-values come from :func:`benchmarks.compare.compare_runs`, as in
+``halluc compare``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
+
 from app.data import Run, chair_details, read_json, run_file
+from benchmarks.compare import Comparison, manifest_differences
 from halluc.errors import InputDataError
 
-__all__ = ["ASPECTS", "differences", "on_shared_samples"]
-
-
-def _get(manifest: dict[str, Any], dotted: str) -> Any:
-    value: Any = manifest
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def _picker(*keys: str) -> Callable[[dict[str, Any]], str]:
-    def pick(manifest: dict[str, Any]) -> str:
-        values = {key: _get(manifest, key) for key in keys}
-        return ", ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in values.items() if v is not None) or "-"
-
-    return pick
-
-
-# What must agree for two runs' metrics to be comparable, read from their manifests.
-ASPECTS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "image set": _picker("images.name", "images.n_images", "images.image_dir", "n_questions"),
-    "prompt": _picker("prompt", "suffix"),
-    "token budget": _picker("settings.max_new_tokens"),
-    "protocol": _picker(
-        "chair_mode", "strict", "settings.do_sample", "settings.num_beams", "settings.temperature", "seed"
-    ),
-}
+__all__ = ["differences", "on_shared_samples", "paired_frame"]
 
 
 def differences(runs: Sequence[Run]) -> list[str]:
-    """One line per aspect in which the runs differ, naming each run's value."""
-    lines = []
-    for aspect, pick in ASPECTS.items():
-        values = {run.id: pick(run.manifest) for run in runs}
-        if len(set(values.values())) > 1:
-            lines.append(f"{aspect}: " + "; ".join(f"{run_id}: {value}" for run_id, value in values.items()))
-    return lines
+    """One line per aspect in which the runs differ, naming each run's value (:data:`benchmarks.compare.ASPECTS`)."""
+    return manifest_differences({run.id: run.manifest for run in runs})
+
+
+def paired_frame(comparison: Comparison) -> pd.DataFrame:
+    """One row per metric of a :func:`benchmarks.compare.compare_runs` result: A, B, B - A, its 95% CI and p."""
+    return pd.DataFrame(
+        [
+            {"metric": row.metric, "baseline": row.a, "run": row.b, "difference": row.difference.estimate,
+             "CI low": row.difference.low, "CI high": row.difference.high, "p": row.p_value, "test": row.test}
+            for row in comparison.rows
+        ]
+    ).set_index("metric")  # fmt: skip
 
 
 def _pope_scored(run: Run) -> dict[tuple[str, int], dict[str, Any]]:

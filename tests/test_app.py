@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import data
+from benchmarks.compare import compare_runs
 from halluc.errors import ConfigError, InputDataError
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
@@ -86,6 +87,15 @@ def test_compare_page_metrics_deltas_and_charts(fixture_runs: Path) -> None:
     assert deltas == [f"{other['recall'] - base['recall']:+.3f}"]
     table = at.dataframe[0].value
     assert table.loc["CHAIR_s", "Δ chair-vhr-2"] == pytest.approx(other["CHAIR_s"] - base["CHAIR_s"])
+    paired = at.dataframe[1].value  # what `halluc compare chair-baseline chair-vhr-2` reports
+    expected = {r.metric: r for r in compare_runs(fixture_runs / "chair-baseline", fixture_runs / "chair-vhr-2").rows}
+    for metric in ("CHAIR_s", "CHAIR_i", "recall"):
+        row = expected[metric]
+        assert paired.loc[metric, "difference"] == pytest.approx(row.difference.estimate)
+        assert paired.loc[metric, ["CI low", "CI high"]].tolist() == pytest.approx(
+            [row.difference.low, row.difference.high]
+        )
+        assert paired.loc[metric, "p"] == pytest.approx(row.p_value) and paired.loc[metric, "test"] == row.test
     specs = [json.loads(c.proto.spec) for c in _charts(at)]
     assert len(specs) == 2 and any("layer" in s for s in specs)  # bars + layered trade-off scatter
     at.radio(key="compare-job").set_value("pope").run()

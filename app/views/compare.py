@@ -1,12 +1,16 @@
-"""Compare page: chosen runs' metrics side by side with deltas to a baseline, bar charts, and the CHAIR trade-off."""
+"""Compare page: chosen runs' metrics side by side with deltas to a baseline, paired differences with CIs and
+p-values (as ``halluc compare``), bar charts, and the CHAIR trade-off."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from app import charts, comparing, data, ui
-from halluc.errors import InputDataError
+from benchmarks.compare import Comparison, compare_runs
+from halluc.errors import HallucError, InputDataError
 
 __all__: list[str] = []
 
@@ -56,6 +60,44 @@ def _table(runs: list[data.Run], baseline: data.Run) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+@st.cache_data(show_spinner="Bootstrapping the paired differences ...", max_entries=64)
+def _compare(baseline: str, run: str, stamps: tuple[float, float]) -> Comparison:
+    """``compare_runs`` of two run directories, recomputed when their files change (``stamps``: latest mtimes)."""
+    return compare_runs(Path(baseline), Path(run))
+
+
+def _stamp(run: data.Run) -> float:
+    return max((f.stat().st_mtime for f in run.path.glob("*.json")), default=0.0)
+
+
+def _paired(runs: list[data.Run], baseline: data.Run) -> None:
+    """Each other run minus the baseline on their shared samples: 95% bootstrap CI and the paired test's p-value."""
+    others = [run for run in runs if run is not baseline]
+    if not others:
+        return
+    st.subheader("Paired differences to the baseline")
+    for run in others:
+        try:
+            result = _compare(str(baseline.path), str(run.path), (_stamp(baseline), _stamp(run)))
+        except HallucError as exc:
+            st.warning(f"{run.id}: {exc}")
+            continue
+        st.markdown(
+            f"**{run.id}** - {baseline.id} on {result.n_shared} shared {result.unit} ({result.n_only_a} only in the "
+            f"baseline, {result.n_only_b} only in {run.id})"
+        )
+        frame = comparing.paired_frame(result)
+        numbers = [c for c in frame.columns if c not in ("p", "test")]
+        st.dataframe(
+            frame.style.format("{:.3f}", subset=numbers, na_rep="-").format("{:.4f}", subset=["p"], na_rep="-")
+        )
+    st.caption(
+        "Difference = run - baseline (fractions) with its 95% percentile bootstrap CI over the shared samples (images "
+        "for CHAIR, questions for POPE); p: exact McNemar test (CHAIR_s, accuracy) or paired permutation test (the "
+        "others), 2,000 resamples; the same numbers as `halluc compare BASELINE RUN`."
+    )
+
+
 def _tradeoff(runs: list[data.Run]) -> None:
     rows = []
     for run in runs:
@@ -80,7 +122,7 @@ def _comparable(chosen: list[data.Run], job: str) -> list[data.Run] | None:
     differences = comparing.differences(chosen)
     if differences:
         st.warning(
-            "These runs differ, so their metrics are not directly comparable:\n\n"
+            "These runs differ in more than the intervention, so their differences do not measure it alone:\n\n"
             + "\n".join(f"- {line}" for line in differences)
         )
     if len(chosen) < 2 or not st.checkbox("shared samples only", key=f"compare-shared-{job}"):
@@ -122,6 +164,7 @@ def render(scan: data.Scan) -> None:
     _cards(chosen, baseline, keys)
     st.subheader("All metrics")
     st.dataframe(_table(chosen, baseline).style.format("{:.3f}", na_rep=""))
+    _paired(chosen, baseline)
     rows = [
         {"metric": k, "run": run.id, "value": v}
         for run in chosen
