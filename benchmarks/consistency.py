@@ -27,6 +27,7 @@ import torch
 from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
+from halluc.models import GenerationHook
 from halluc.objects import Mode, categories, extract_mentions, split_sentences
 from halluc.prompts import existence_question
 
@@ -205,20 +206,14 @@ class _FirstScores(LogitsProcessor):
 
 
 @dataclass(frozen=True, eq=False)
-class _LastProcessor:
+class _LastProcessor(GenerationHook):
     """A generation hook added after the intervention's hooks, so its processor sees their final scores."""
 
     processor: LogitsProcessor
 
-    def on_generate_start(self, lvlm: Any, batch: Any) -> None:
-        """Nothing to prepare."""
-
     def logits_processors(self, lvlm: Any, batch: Any) -> list[LogitsProcessor]:
         """The recording processor, last in the list."""
         return [self.processor]
-
-    def on_generate_end(self, lvlm: Any) -> None:
-        """Nothing to clear."""
 
 
 def judge_objects(
