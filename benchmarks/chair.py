@@ -68,7 +68,7 @@ __all__ = [
     "load_coco",
     "load_ground_truth",
     "load_ground_truth_file",
-    "read_records",
+    "read_json_records",
     "repetition",
     "save_ground_truth_file",
     "score_caption",
@@ -190,7 +190,7 @@ def _json_values(text: str, where: str) -> list[object]:
         values.append(value)
 
 
-def read_records(path: PathLike) -> list[dict]:
+def read_json_records(path: PathLike) -> list[dict]:
     """Records of a JSON-array, JSON-lines or pretty-printed JSON file (objects one after another, each spanning
     lines), optionally gzipped; CRLF and blank lines tolerated."""
     text = _read_bytes(path)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chair import read_records
+from benchmarks.chair import read_json_records
 from halluc.errors import ConfigError
 
 __all__ = [
@@ -56,7 +56,7 @@ def read_outputs(path: Path) -> list[dict]:
     """Records of an output file: JSON lines, JSON array, pretty-printed JSON, gz or not. Two wrappers are
     unwrapped: ``{"<key>": [records]}`` (one list of objects) and ``{"<id>": "<text>", ...}`` (id -> text, read as
     records with the fields ``id`` and ``text``)."""
-    records = read_records(path)
+    records = read_json_records(path)
     if len(records) == 1:
         only = records[0]
         lists = [v for v in only.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from benchmarks.chair import PathLike, load_coco, read_records
+from benchmarks.chair import PathLike, load_coco, read_json_records
 from halluc.errors import ConfigError, InputDataError, OutputLocationError
 from halluc.prompts import existence_question
 
@@ -168,7 +168,7 @@ def load_questions(path: PathLike, *, split: str | None = None) -> list[PopeQues
     named = [s for s in SPLITS if s in Path(path).name.lower()]
     default = split or (named[0] if len(named) == 1 else None)
     questions = []
-    for n, record in enumerate(read_records(path), 1):
+    for n, record in enumerate(read_json_records(path), 1):
         where = f"{str(path)!r} record {n}"
         label = record.get("label")
         if label is not None:

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.chair import load_ground_truth_file, read_records, score_records
+from benchmarks.chair import load_ground_truth_file, read_json_records, score_records
 from halluc.objects import clear_caches, extract_mentions
 
 __all__ = ["main"]
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES, help="folder with the OPERA logs")
     args = parser.parse_args()
     gt = load_ground_truth_file(args.fixtures / "coco2014_gt_objects_nltk_subset.json.gz")
-    records = [r for log in LOGS for r in read_records(args.fixtures / f"opera_llava15_{log}.jsonl.gz")]
+    records = [r for log in LOGS for r in read_json_records(args.fixtures / f"opera_llava15_{log}.jsonl.gz")]
 
     start = time.perf_counter()
     extract_mentions("A dog.")  # loads the tagger and WordNet

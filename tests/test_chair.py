@@ -11,7 +11,7 @@ from benchmarks.chair import (
     degenerate_setting,
     load_ground_truth,
     load_ground_truth_file,
-    read_records,
+    read_json_records,
     repetition,
     save_ground_truth_file,
     score_caption,
@@ -33,7 +33,7 @@ def real_gt() -> dict[int, frozenset[str]]:
     ("log", "chair_s", "chair_i"), [("beam5", 48.8, 13.9), ("ours", 44.6, 12.8), ("greedy", 44.8, 12.7)]
 )
 def test_reproduces_opera_llava15_numbers(real_gt, log: str, chair_s: float, chair_i: float) -> None:
-    records = read_records(REAL / f"opera_llava15_{log}.jsonl.gz")
+    records = read_json_records(REAL / f"opera_llava15_{log}.jsonl.gz")
     metrics, details = score_records(records, real_gt)
     assert metrics["n_captions"] == len(details) == 500
     assert abs(100 * metrics["CHAIR_s"] - chair_s) <= 0.2
@@ -164,7 +164,7 @@ def test_errors_name_the_bad_input(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image_id": 1, "caption": "a"}\r\n{"image_id": 2,\r\n')
     with pytest.raises(InputDataError, match="line 2"):
-        read_records(bad)
+        read_json_records(bad)
     gt = {1: frozenset({"dog"})}
     with pytest.raises(InputDataError, match="image_id 7 has no ground truth"):
         score_records([{"image_id": 7, "caption": "a dog"}], gt)
@@ -176,13 +176,13 @@ def test_errors_name_the_bad_input(tmp_path: Path) -> None:
         chair_metrics([])
 
 
-def test_read_records_formats(tmp_path: Path) -> None:
+def test_read_json_records_formats(tmp_path: Path) -> None:
     rows = [{"image_id": 1, "caption": "a dog"}, {"image_id": 2, "caption": "a cat"}]
     (tmp_path / "a.json").write_text(json.dumps(rows, indent=2))
     (tmp_path / "b.jsonl").write_bytes(b"\r\n".join(json.dumps(r).encode() for r in rows) + b"\r\n\r\n")
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode()))
     for name in ("a.json", "b.jsonl", "c.jsonl.gz"):
-        assert read_records(tmp_path / name) == rows
+        assert read_json_records(tmp_path / name) == rows
 
 
 def test_paired_difference_is_the_metric_gap_on_the_same_images_with_a_ci_around_it() -> None:

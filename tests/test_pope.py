@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chair import read_records
+from benchmarks.chair import read_json_records
 from benchmarks.pope import (
     SPLITS,
     PopeQuestion,
@@ -35,7 +35,7 @@ LLAVA_13B = {
 def test_reproduces_llava15_13b_table() -> None:
     labelled = {s: load_questions(REAL / f"questions_e3e3926/coco_pope_{s}.json.gz", split=s) for s in SPLITS}
     asked = load_questions(REAL / "answers/llava_pope_test_questions.jsonl.gz")
-    answers = {r["question_id"]: r["text"] for r in read_records(REAL / "answers/llava-v1.5-13b.jsonl.gz")}
+    answers = {r["question_id"]: r["text"] for r in read_json_records(REAL / "answers/llava-v1.5-13b.jsonl.gz")}
     assert {s: len(q) for s, q in labelled.items()} == {"random": 2910, "popular": 3000, "adversarial": 3000}
     seen = dict.fromkeys(SPLITS, 0)
     scored = []

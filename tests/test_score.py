@@ -183,7 +183,7 @@ def _llava_run(tmp_path: Path, name: str, answers: list[dict]) -> dict:
 
 
 def test_pope_pairs_by_question_id_so_shuffled_answers_score_the_same(tmp_path: Path) -> None:
-    answers = chair.read_records(REAL / "answers/llava-v1.5-13b.jsonl.gz")
+    answers = chair.read_json_records(REAL / "answers/llava-v1.5-13b.jsonl.gz")
     shuffled = random.Random(0).sample(answers, len(answers))
     in_order, reordered = _llava_run(tmp_path, "ordered", answers), _llava_run(tmp_path, "shuffled", shuffled)
     assert in_order == reordered
