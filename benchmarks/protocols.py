@@ -41,16 +41,18 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.chair import GroundTruth, Mode
-from benchmarks.jobs import JobResult, run_chair
 from benchmarks.outputs import sha256
 from benchmarks.pope import PopeQuestion
 from benchmarks.runner import GenerationSettings
 from halluc.errors import ConfigError, InputDataError, OutputLocationError
 from halluc.imagesets import ImageSet
 from halluc.runs import atomic_write_json
+
+if TYPE_CHECKING:  # the jobs import torch: loaded only when a protocol runs, not to detect a POPE version
+    from benchmarks.jobs import JobResult
 
 __all__ = [
     "IDS_FILE",
@@ -277,6 +279,8 @@ def run_chair_protocol(
     The caller checks inputs and each split's directory before the model loads (the CLI does)."""
     if protocol.benchmark != "chair":
         raise ConfigError(f"protocol {protocol.name!r} is a {protocol.benchmark} protocol, not a CHAIR one")
+    from benchmarks.jobs import run_chair
+
     settings = GenerationSettings(
         max_new_tokens=protocol.max_new_tokens, batch_size=batch_size, do_sample=protocol.do_sample,
         num_beams=protocol.num_beams,

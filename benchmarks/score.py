@@ -16,6 +16,11 @@ samples.jsonl with one record per input record in file order, error records incl
 error counts), plus ``chair_details.json`` or ``pope_scored.json`` + ``pope_questions.json`` for the dashboard
 (AMBER's per-query details are in the samples).
 POPE answers are paired with questions by question id; by order only when the file has no ids (with a warning).
+The manifest records which official POPE question-file version each split matches
+(:func:`benchmarks.protocols.detect_pope_version`), as ``halluc pope`` does.
+
+Scoring has no ``--resume``: it redoes a whole file in seconds, so an ``--out`` that already holds a run is refused
+unless ``overwrite`` is set, which replaces a scoring run (never a run whose outputs a model generated).
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ from benchmarks.outputs import (
     read_outputs,
     sha256,
 )
-from halluc.errors import ConfigError, InputDataError
-from halluc.runs import RunStore, config_hash, result_config
+from halluc.errors import ConfigError, InputDataError, OutputLocationError
+from halluc.runs import MANIFEST, METRICS, SAMPLES, RunStore, config_hash, result_config
 
 __all__ = ["ScoreResult", "score_amber_file", "score_chair_file", "score_pope_file"]
 
@@ -80,12 +85,40 @@ def _counts(metrics: dict[str, Any], n_records: int, errors: Sequence[dict], dro
     return by_kind
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before any scoring, an ``out`` that cannot be written, has a live writer, or holds a run (unless
+    ``overwrite`` and that run is a scoring run)."""
+    RunStore.check_output(out, resume=True)  # writable, no live writer; whether it holds a run is decided here
+    if not (Path(out) / MANIFEST).exists():
+        return
+    old = RunStore.open(out).manifest
+    what = f"{str(out)!r} already holds a {old.get('job', '?')} run"
+    if not overwrite:
+        raise OutputLocationError(
+            f"{what}; scoring does not resume (it redoes the file in seconds): pass --overwrite to replace it, or "
+            "choose another --out"
+        )
+    if old.get("source") != "score":
+        raise OutputLocationError(f"{what} with model-generated outputs; --overwrite replaces only scoring runs")
+
+
+_RUN_FILES = (MANIFEST, SAMPLES, METRICS, "chair_details.json", "pope_scored.json", "pope_questions.json")
+
+
 def _write_run(
-    out: Path, manifest: dict[str, Any], samples: list[dict[str, Any]], scored: tuple[dict, dict[str, Any]] | None
+    out: Path,
+    manifest: dict[str, Any],
+    samples: list[dict[str, Any]],
+    scored: tuple[dict, dict[str, Any]] | None,
+    overwrite: bool,
 ) -> RunStore:
-    """Create the run, append the samples in record order, then write ``scored`` = (metrics, {artefact: content});
-    None when no record could be scored: the run then fails with one line pointing at its error records."""
+    """Create the run (first removing the files of the scoring run it replaces, with ``overwrite``), append the
+    samples in record order, then write ``scored`` = (metrics, {artefact: content}); None when no record could be
+    scored: the run then fails with one line pointing at its error records."""
     manifest["config_hash"] = config_hash(result_config(manifest))
+    if overwrite:
+        for name in _RUN_FILES:
+            (Path(out) / name).unlink(missing_ok=True)
     with RunStore.create(out, manifest) as store:
         store.append(sorted(samples, key=lambda s: s["record"]))
         if scored is None:
@@ -158,6 +191,7 @@ def score_chair_file(
     text_key: str | None = None,
     mode: chair.Mode = "reference",
     model: str | None = None,
+    overwrite: bool = False,
 ) -> ScoreResult:
     """Score the captions of ``path`` with CHAIR against one ground-truth source into the run directory ``out``."""
     _existing(path, "caption file")
@@ -167,7 +201,7 @@ def score_chair_file(
         raise InputDataError(f"caption file {str(path)!r} holds no records")
     id_key = field(records, id_key, ID_KEYS, "--id-key", required=True)
     text_key = field(records, text_key, TEXT_KEYS, "--text-key", required=True)
-    RunStore.check_output(out)
+    _check_out(out, overwrite)
     gt, names, gt_entry = _chair_ground_truth(gt_file, instances, captions, images, mode)
     by_name: dict[str, int] | None = None
     errors: list[dict[str, Any]] = []
@@ -210,7 +244,7 @@ def score_chair_file(
         "images": gt_entry,
         "chair_mode": mode,
     }
-    store = _write_run(out, manifest, samples, scored)
+    store = _write_run(out, manifest, samples, scored, overwrite)
     return ScoreResult(store, scored[0] if scored else {}, by_kind)
 
 
@@ -230,7 +264,10 @@ def _pope_questions(files: Sequence[Path], labels: Sequence[Path]) -> tuple[list
     if all(q.label is None for q in questions):
         hint = "none matched a labelled question of --labels" if labels else "pass the labelled files with --labels"
         raise InputDataError(f"none of the {len(questions)} questions has a yes/no 'label'; {hint}")
-    entry = {"questions": [_described(p) for p in files], "labels": [_described(p) for p in labels]}
+    from benchmarks.protocols import detect_pope_version
+
+    entry = {"questions": [_described(p) for p in files], "labels": [_described(p) for p in labels],
+             "question_versions": detect_pope_version(questions)}  # fmt: skip
     return questions, entry
 
 
@@ -296,6 +333,7 @@ def score_pope_file(
     answer_key: str | None = None,
     strict: bool = False,
     model: str | None = None,
+    overwrite: bool = False,
 ) -> ScoreResult:
     """Score the answers of ``path`` against POPE ``questions`` (labels optionally from ``labels``) into ``out``."""
     _existing(path, "answer file")
@@ -306,7 +344,7 @@ def score_pope_file(
     answer_key = field(records, answer_key, ANSWER_KEYS, "--answer-key", required=True)
     qid_key = field(records, question_id_key, QUESTION_ID_KEYS, "--question-id-key", required=False)
     index, keyed, errors = _keyed_answers(path, records, asked, qid_key, answer_key)
-    RunStore.check_output(out)
+    _check_out(out, overwrite)
     items = []
     for n, key, text in keyed:
         if isinstance(text, str):
@@ -360,7 +398,7 @@ def score_pope_file(
         "n_questions": len(asked),
         "strict": strict,
     }
-    store = _write_run(out, manifest, errors + good, scored)
+    store = _write_run(out, manifest, errors + good, scored, overwrite)
     return ScoreResult(store, scored[0] if scored else {}, by_kind)
 
 
@@ -373,6 +411,7 @@ def score_amber_file(
     text_key: str | None = None,
     parse_answers: bool = False,
     model: str | None = None,
+    overwrite: bool = False,
 ) -> ScoreResult:
     """Score AMBER responses ``[{id, response}]`` against the official metadata in ``amber_data`` into ``out``;
     ``parse_answers`` first maps yes/no answers whose first word is yes or no (any case) to "Yes"/"No"."""
@@ -383,7 +422,7 @@ def score_amber_file(
         raise InputDataError(f"response file {str(path)!r} holds no records")
     id_key = field(records, id_key, amber.ID_KEYS, "--id-key", required=True)
     text_key = field(records, text_key, TEXT_KEYS, "--text-key", required=True)
-    RunStore.check_output(out)
+    _check_out(out, overwrite)
     errors: list[dict[str, Any]] = []
     items = []
     for n, record in enumerate(records, 1):
@@ -420,5 +459,5 @@ def score_amber_file(
         "similarity": amber.similarity_backend(),
         "parse_answers": parse_answers,
     }
-    store = _write_run(out, manifest, samples, scored)
+    store = _write_run(out, manifest, samples, scored, overwrite)
     return ScoreResult(store, scored[0] if scored else {}, by_kind)

@@ -555,6 +555,9 @@ score_app = typer.Typer(help="Score outputs you already have (no model); each fi
 app.add_typer(score_app, name="score")
 ScoredFileArg = Annotated[Path, typer.Argument(help="JSONL, JSON array or pretty-printed JSON; .gz or not.")]
 SystemOpt = Annotated[str | None, typer.Option("--model", help="Name of the system that wrote FILE (recorded).")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the scoring run already in --out (scoring does not resume).")
+]
 
 
 @score_app.command("chair")
@@ -573,6 +576,7 @@ def score_chair(
     corrected: Annotated[bool, typer.Option("--corrected", help="Fix the reference CHAIR quirks.")] = False,
     model: SystemOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """CHAIR of existing captions against COCO files, a --gt-file or the toy world."""
     from benchmarks.score import score_chair_file
@@ -580,6 +584,7 @@ def score_chair(
     result = score_chair_file(
         file, _out_dir(out, "score-chair"), gt_file=gt_file, instances=annotations, captions=captions,
         images=images, id_key=id_key, text_key=text_key, mode="corrected" if corrected else "reference", model=model,
+        overwrite=overwrite,
     )  # fmt: skip
     _report_score(result)
 
@@ -598,13 +603,14 @@ def score_pope(
     strict: Annotated[bool, typer.Option("--strict", help="Count unparseable answers instead of 'yes'.")] = False,
     model: SystemOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """POPE of existing answers, paired with their questions by question id."""
     from benchmarks.score import score_pope_file
 
     result = score_pope_file(
         file, _out_dir(out, "score-pope"), questions=questions, labels=labels or [],
-        question_id_key=question_id_key, answer_key=answer_key, strict=strict, model=model,
+        question_id_key=question_id_key, answer_key=answer_key, strict=strict, model=model, overwrite=overwrite,
     )  # fmt: skip
     _report_score(result)
 
@@ -625,20 +631,23 @@ def score_amber(
     ] = False,
     model: SystemOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """AMBER of existing responses: generative CHAIR/Cover/Hal/Cog and yes/no questions, as officially scored."""
     from benchmarks.score import score_amber_file
 
     result = score_amber_file(
         file, _out_dir(out, "score-amber"), amber_data=amber_data, id_key=id_key, text_key=text_key,
-        parse_answers=parse_answers, model=model,
+        parse_answers=parse_answers, model=model, overwrite=overwrite,
     )  # fmt: skip
     _report_score(result)
 
 
 def _report_score(result) -> None:
-    """Where the scoring run went, its metrics and its error records by kind."""
+    """Where the scoring run went, the POPE file versions, its metrics and its error records by kind."""
     console.print(f"run: [bold]{result.store.path}[/]")
+    for found in result.store.manifest.get("question_versions", []):
+        console.print(f"POPE {found['split']}: {found['n_questions']} questions, version {found['version']}")
     console.print_json(json.dumps(result.metrics, default=str))
     if result.errors:
         kinds = ", ".join(f"{n} {kind}" for kind, n in result.errors.items())

@@ -334,3 +334,48 @@ def test_cli_errors_are_one_clear_line(
         assert exited.value.code == 2 and named in stderr and "Traceback" not in stderr, (args, stderr)
         assert len(stderr.strip().splitlines()) == 1, stderr
         assert not out.exists(), args  # refused before any work: no run directory left behind
+
+
+# --- the POPE file version, and scoring into an --out that holds a run ------------------------------------------
+
+
+def test_pope_records_which_official_question_file_it_was_given(tmp_path: Path) -> None:
+    answers = _write(tmp_path / "a.jsonl", _jsonl([{"question_id": i, "text": "Yes"} for i in range(1, 6)]))
+    official = REAL / "questions_e3e3926/coco_pope_random.json.gz"
+    score_pope_file(answers, tmp_path / "official", questions=[official])
+    [found] = json.loads((tmp_path / "official" / "manifest.json").read_text())["question_versions"]
+    assert (found["split"], found["n_questions"]) == ("random", 2910)  # the version LLaVA's evaluation uses
+    assert (found["version"], found["match"]) == ("pope-e3e3926", "exact")
+    custom = _write(tmp_path / "coco_pope_random.json", _jsonl(QUESTIONS))
+    [found] = score_pope_file(answers, tmp_path / "custom", questions=[custom]).store.manifest["question_versions"]
+    assert (found["version"], found["n_questions"]) == ("unknown", 8)
+
+
+def test_scoring_into_an_existing_run_is_refused_unless_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from halluc.cli import main
+    from halluc.errors import OutputLocationError
+
+    gt, out = _gt(tmp_path), tmp_path / "run"
+    first, second = _write(tmp_path / "c.jsonl", _jsonl(ROWS)), _write(tmp_path / "d.jsonl", _jsonl(ROWS[:2]))
+    score_chair_file(first, out, gt_file=gt)
+    with pytest.raises(OutputLocationError, match="scoring does not resume .* pass --overwrite"):
+        score_chair_file(second, out, gt_file=gt)
+    result = score_chair_file(second, out, gt_file=gt, overwrite=True)
+    assert result.metrics["n_captions"] == 2 and len(read_records(out / "samples.jsonl")) == 2  # replaced, not appended
+    assert result.store.manifest["scored_file"]["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
+    generated = tmp_path / "generated"  # a run whose captions a model wrote is never replaced
+    generated.mkdir()
+    (generated / "manifest.json").write_text(json.dumps({"job": "chair", "status": "finished"}))
+    (generated / "samples.jsonl").write_text(_jsonl(ROWS))
+    with pytest.raises(OutputLocationError, match="model-generated outputs; --overwrite replaces only scoring runs"):
+        score_chair_file(first, generated, gt_file=gt, overwrite=True)
+    assert (generated / "samples.jsonl").read_text() == _jsonl(ROWS)
+    args = ["halluc", "score", "chair", str(first), "--gt-file", str(gt), "--out", str(out)]
+    for extra, code in (([], 2), (["--overwrite"], 0)):
+        monkeypatch.setattr(sys, "argv", [*args, *extra])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == code, capsys.readouterr()
+    assert len(read_records(out / "samples.jsonl")) == 3
