@@ -893,6 +893,23 @@ def world_build(
     console.print(f"wrote {n} images: {paths.instances}, {paths.captions}, {paths.images}")
 
 
+@world_app.command("amber")
+def world_amber(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the AMBER-format files (data/ layout).")],
+    images: ImagesOpt = "toy:val",
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Write the world's AMBER-format metadata and queries (for halluc score amber; images stay in the world)."""
+    from benchmarks.qa_jobs import world_amber_data
+    from halluc.imagesets import resolve_images
+
+    image_set = resolve_images(images, limit=limit)
+    data = world_amber_data(image_set, out, seed)
+    console.print(f"wrote {len(data.annotations)} AMBER queries for {len(image_set.image_ids)} images to {out}")
+    console.print(f"images: {image_set.image_dir}")
+
+
 @runs_app.command("list")
 def runs_list(runs: RunsDirOpt = Path("runs")) -> None:
     """Table of runs: job, model, intervention, images, status and key metrics."""
