@@ -3,8 +3,8 @@ Retrospection-Allocation" (Huang et al., CVPR 2024): beam search whose candidate
 "knowledge aggregation pattern" in the last layer's attention, with a rollback when the pattern persists.
 
 Ported from the official code, shikiw/OPERA@61426ef ``transformers-4.29.2/src/transformers/generation/utils.py``
-(``opera_beam_search``, lines 3116-3600; arguments 1156-1162 and 1619-1665) and its ``beam_search.py``
-(``BeamSearchScorer``, ``BeamHypotheses``). Defaults are the README's and the evaluation scripts'
+(``opera_beam_search``, lines 3116-3674, ``window_size`` at 3134; arguments 1156-1162, dispatch 1619-1665) and
+its ``beam_search.py`` (``BeamSearchScorer``, ``BeamHypotheses``). Defaults are the README's and the evaluation scripts'
 (``README.md:60-75``, ``chair_eval.py:172-183``): ``num_beams`` 5, ``scale_factor`` 50, ``threshold`` 15,
 ``num_attn_candidates`` 5, ``penalty_weights`` 1; ``window_size`` 512 is ``opera_beam_search``'s own default. Each
 step of the official loop, per beam row:
@@ -36,9 +36,11 @@ revived tokens recomputed at the end of its rows (the positions in between are m
 than the length limit are not consulted. A sample without an image gets no image reward (an empty span). When
 OPERA runs with row edits (PAI), it reads the last layer's attention before their edit.
 
-Cost and memory: one forward per candidate and step (the official code runs one more, and re-encodes the image
-at every rollback); only the product of each window column over its stored rows is kept per beam
-(``[rows, length]``), never the attention maps. The last layer's probabilities come from an attention function
+Cost and memory: per step, one forward of the chosen tokens and one per candidate, one token per beam each, on
+the KV cache (candidates are cropped off again); the official code runs as many, but re-encodes the prompt and
+image at every rollback and keeps every step's full attention map. Here only the product of each window column
+over its stored rows is kept per beam (``[rows, length]``), plus the sequences and finished hypotheses of up to
+``window_size`` past steps for rollbacks. The last layer's probabilities come from an attention function
 registered with transformers' ``AttentionInterface`` for the duration of the decoding loop: it hands every layer to
 the implementation in use before (SDPA, or the row-edit function), and on the last layer also computes the
 softmax of the new query rows, so it works for every family and composes with attention edits. The loop itself

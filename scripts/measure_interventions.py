@@ -35,7 +35,7 @@ from benchmarks.sweep import SWEEP_METRICS, run_sweep
 from halluc.defaults import default_model
 from halluc.imagesets import resolve_images
 from halluc.models import load_lvlm
-from interventions import PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
+from interventions import OPERA, PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
 
 METRICS = ("CHAIR_s", "CHAIR_i", "CHAIR_i_distinct", "recall", "pope_f1", "mentions_per_caption", "degenerate_share")
 HEADERS = ("CHs", "CHi", "CHi-d", "recall", "POPE F1", "men/cap", "degen%")
@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Intervention | None] = {
     "vcd": VCD(),
     "dola": DoLa(),
     "vista": VISTA(),
+    "opera": OPERA(),  # beam search 5 inside; the others decode greedily
 }
 SWEEP: dict[str, list[Intervention]] = {
     "vhr": [VHR(alpha=a) for a in (1.5, 2.0, 3.0, 4.0)],

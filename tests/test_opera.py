@@ -105,6 +105,9 @@ def test_composes_with_attention_edits_and_refuses_contrast_branches() -> None:
     assert lvlm.attn_implementation == "sdpa"
     with pytest.raises(ConfigError, match="contrast-branch"):
         run(lvlm, IMAGES, PROMPTS, SMALL, 2, VCD())
+    batch = lvlm.prepare(IMAGES, PROMPTS)
+    same = lvlm.generate_ids(batch, max_new_tokens=3, num_beams=3, intervention=SMALL)  # --num-beams 3: agrees
+    assert torch.equal(same, lvlm.generate_ids(batch, max_new_tokens=3, intervention=SMALL))
     with pytest.raises(ConfigError, match="opera sets its own beam count"):
         lvlm.generate_ids(lvlm.prepare(IMAGES, PROMPTS), max_new_tokens=2, num_beams=2, intervention=SMALL)
     with pytest.raises(ConfigError, match="replace the decoding loop"):
