@@ -30,6 +30,7 @@ __all__ = [
     "CHAIR_KEYS",
     "HEADLINE",
     "POPE_KEYS",
+    "PROTOCOL_SUMMARY",
     "RUNS_ENV",
     "Run",
     "Scan",
@@ -41,6 +42,7 @@ __all__ = [
     "intervention_strength",
     "locate",
     "ordered",
+    "protocol_summaries",
     "read_json",
     "read_jsonl",
     "run_file",
@@ -69,6 +71,7 @@ HEADLINE = (
     "POPE yes_ratio",
     *(c for h in QA_HEADLINE.values() for c in h.values()),
 )
+PROTOCOL_SUMMARY = "protocol_summary.json"  # benchmarks.protocols.SUMMARY_FILE (not imported: it loads CHAIR/POPE)
 
 
 def runs_root() -> Path:
@@ -233,6 +236,28 @@ def scan_runs(root: Path) -> Scan:
     _scan_dir(root, root, 1, runs, problems)
     runs.sort(key=lambda r: str(r.manifest.get("started_at", "")), reverse=True)
     return Scan(root, tuple(runs), tuple(problems))
+
+
+def protocol_summaries(scan: Scan) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(folder id, content) of the protocol_summary.json beside each protocol's split runs (mean ± std over splits,
+    as ``halluc chair --protocol`` writes it), and a message per unreadable one."""
+    found, problems = [], []
+    for folder in dict.fromkeys(run.path.parent for run in scan.runs):
+        path = folder / PROTOCOL_SUMMARY
+        if not path.is_file() or not _inside(path, scan.root):
+            continue
+        name = folder.relative_to(scan.root).as_posix()
+        try:
+            summary = read_json(path)
+        except InputDataError as exc:
+            problems.append(str(exc))
+            continue
+        metrics = summary.get("metrics") if isinstance(summary, dict) else None
+        if not isinstance(metrics, dict) or not all(isinstance(v, dict) and "mean" in v for v in metrics.values()):
+            problems.append(f"{path}: no 'metrics' of {{'mean', 'std', 'values'}} objects; not shown")
+            continue
+        found.append((name, summary))
+    return found, problems
 
 
 def run_file(run: Run | Path, name: str) -> Path:

@@ -76,6 +76,32 @@ def test_runs_page_lists_runs_with_key_metrics_and_filters(fixture_runs: Path) -
     assert list(at.dataframe[0].value["run"]) == ["pope-baseline"]
 
 
+def test_runs_page_shows_a_protocols_mean_and_std_over_its_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.protocols import SUMMARY_FILE, get_protocol, summarise_splits
+
+    assert data.PROTOCOL_SUMMARY == SUMMARY_FILE
+    rows = []
+    for seed, fixture in enumerate(("chair-baseline", "chair-vhr-2")):
+        shutil.copytree(FIXTURES / fixture, tmp_path / "vhr" / f"split{seed + 1}-seed{seed}")
+        rows.append({"seed": seed, "run": f"split{seed + 1}-seed{seed}", "metrics": _metrics(fixture)})
+    summary = summarise_splits(get_protocol("vhr"), rows)
+    (tmp_path / "vhr" / SUMMARY_FILE).write_text(json.dumps(summary))
+    (tmp_path / "broken").mkdir()
+    shutil.copytree(FIXTURES / "chair-baseline", tmp_path / "broken" / "split1-seed0")
+    (tmp_path / "broken" / SUMMARY_FILE).write_text("{not json")
+    monkeypatch.setenv(data.RUNS_ENV, str(tmp_path))
+    at = _page("runs")
+    assert at.subheader[0].value == "Protocol vhr: vhr"
+    table = at.dataframe[1].value.set_index("metric")
+    chair_i = summary["metrics"]["CHAIR_i"]
+    assert table.loc["CHAIR_i", "mean ± std"] == f"{chair_i['mean']:.3f} ± {chair_i['std']:.3f}"
+    assert table.loc["CHAIR_i", ["split 1", "split 2"]].tolist() == pytest.approx(chair_i["values"])
+    assert "2 of 5 splits" in _texts(at.caption) and "incomplete" in _texts(at.caption)
+    assert "broken/protocol_summary.json is not valid JSON" in _texts(at.warning)
+
+
 def test_compare_page_metrics_deltas_and_charts(fixture_runs: Path) -> None:
     at = _page("compare")
     base, other = _metrics("chair-baseline"), _metrics("chair-vhr-2")

@@ -1,4 +1,5 @@
-"""Runs page: every run with model, intervention, dataset, date, status and key metrics; filters; live progress."""
+"""Runs page: every run with model, intervention, dataset, date, status and key metrics; filters; live progress;
+protocols' mean ± std over their splits."""
 
 from __future__ import annotations
 
@@ -42,6 +43,29 @@ def _progress(scan: data.Scan) -> None:
             )
 
 
+def _protocols(scan: data.Scan) -> None:
+    """Each protocol's mean ± std over its splits (its protocol_summary.json), one table per protocol folder."""
+    found, problems = data.protocol_summaries(scan)
+    ui.show_problems(problems, what="Some protocol summaries could not be read")
+    for folder, summary in found:
+        protocol = summary.get("protocol") if isinstance(summary.get("protocol"), dict) else {}
+        st.subheader(f"Protocol {protocol.get('name', '?')}: {folder}")
+        rows = []
+        for metric, value in summary["metrics"].items():
+            std = value.get("std")
+            shown = f"{value['mean']:.3f} ± {std:.3f}" if isinstance(std, int | float) else f"{value['mean']:.3f}"
+            splits = {f"split {i}": v for i, v in enumerate(value.get("values") or [], 1)}
+            rows.append({"metric": metric, "mean ± std": shown, **splits})
+        numbers = {c: st.column_config.NumberColumn(c, format="%.3f") for c in rows[0] if c.startswith("split")}
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=numbers)
+        seeds = protocol.get("seeds") or []
+        st.caption(
+            f"{summary.get('n_splits_run', '?')} of {len(seeds)} splits (seeds {seeds}); sample std (n - 1) over "
+            f"splits; intervention: {data.intervention_label(summary.get('intervention'))}"
+            + ("" if summary.get("complete", True) else "; incomplete: not every split of the protocol was run")
+        )
+
+
 def render(scan: data.Scan) -> None:
     _progress(scan)
     table = pd.DataFrame([_row(run) for run in scan.runs])
@@ -62,6 +86,7 @@ def render(scan: data.Scan) -> None:
         f"{len(table)} of {len(scan.runs)} runs in {scan.root}. Metrics are fractions; lower CHAIR is better; "
         "POPE columns are means over its splits."
     )
+    _protocols(scan)
 
 
 ui.page("Runs", render)
