@@ -6,7 +6,8 @@ aggregates them (:data:`RATIOS`), POPE's over a split's questions as :func:`benc
 (:data:`POPE_RATIOS`; "mean" is the mean over splits). So one rule gives a metric on any resample of the shared
 samples, and a difference B - A gets its percentile 95% CI from resampling the samples, the same ones for both runs
 (:func:`bootstrap_by_image`): images for CHAIR, questions for POPE (a POPE image's questions are not independent, so
-POPE's intervals are somewhat narrow). Paired tests, two-sided:
+POPE's intervals are somewhat narrow; its "mean" rows resample and test the questions of all splits together).
+Paired tests, two-sided:
 
 * CHAIR_s and POPE accuracy are shares of a binary outcome per sample (the caption hallucinates; the answer is
   right): exact McNemar test, a binomial test of the discordant pairs (``scipy.stats.binomtest``); for POPE on the
@@ -161,8 +162,8 @@ def answer_counts(record: Mapping) -> dict[str, int]:
     """The counts POPE's metrics sum, from one ``pope_scored.json`` record; an unparsed answer counts in none."""
     prediction, label = record["prediction"], bool(record["label"])
     parsed = prediction is not None
-    tp, fp, fn = (int(parsed and prediction is said and label is truth) for said, truth in
-                  ((True, True), (True, False), (False, True)))  # fmt: skip
+    said_yes, said_no = parsed and bool(prediction), parsed and not prediction
+    tp, fp, fn = int(said_yes and label), int(said_yes and not label), int(said_no and label)
     return {"parsed": int(parsed), "correct": int(parsed and prediction == label), "tp": tp, "said_yes": tp + fp,
             "positive": tp + fn, "twice_tp": 2 * tp, "f1_denominator": 2 * tp + fp + fn}  # fmt: skip
 
@@ -232,7 +233,7 @@ class PairedCounts:
         """Two-sided p-value of B - A when each sample's A and B outputs are swapped at random (exact when 2**n <=
         ``n_resamples``; NaN when B - A is undefined), with scipy.stats.permutation_test's p-value rule.
 
-        Vectorised here: scipy's paired ("samples") mode loops over the samples in Python (measured: a 8,910-question
+        Vectorised here: scipy's paired ("samples") mode loops over the samples in Python (measured: an 8,910-question
         POPE comparison took 26 s of CPU with it, 10 s without); tests/test_compare.py checks the two agree."""
         n = self.n
         (top_a, top_b), (bottom_a, bottom_b) = (
