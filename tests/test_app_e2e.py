@@ -126,6 +126,8 @@ def test_every_page_in_chromium(server: str, browser, tmp_path: Path) -> None:
     page = _open(browser, f"{server}/compare", "Compare")
     expect(page.get_by_test_id("stMetricValue").filter(has_text=f"{chair['CHAIR_i']:.3f}").first).to_be_visible()
     expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(2)
+    expect(page.get_by_role("heading", name="Paired differences to the baseline")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # all metrics, then chair-vhr-2 - chair-baseline
     _shot(page, tmp_path, "compare")
 
     page = _open(browser, f"{server}/samples?run=chair-baseline", "Samples")
