@@ -68,7 +68,7 @@ _GEN_COUNTERS = ("chair_score", "chair_num", "safe_cover_score", "safe_cover_num
                  "hallu_cover_num", "non_hallu_score", "non_hallu_num")  # fmt: skip
 # reported groups -> the counter prefixes they add up (attribute = state + number + action, as officially)
 GROUPS: dict[str, tuple[str, ...]] = {
-    "discriminative": ("as", "an", "aa", "ha", "asso"),
+    "discriminative": ("all",),  # the official un-prefixed overall counters (aliased "all_..." in _metrics)
     "existence": ("ha",),
     "attribute": ("as", "an", "aa"),
     "state": ("as",),
@@ -370,7 +370,6 @@ def _metrics(c: Mapping[str, float], details: Mapping[int, dict[str, Any]]) -> d
     )
     counters = {**c, **overall}
     for group, prefixes in GROUPS.items():
-        prefixes = ("all",) if group == "discriminative" else prefixes
         n = sum(counters[f"{p}_n"] for p in prefixes)
         eps = 0.001 if group == "existence" else 0.0001
         rates = _rates(counters, prefixes, eps) if n else dict.fromkeys(("accuracy", "precision", "recall", "f1",

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,28 @@ def test_unknown_object_word_and_bad_truth_are_refused(tmp_path):
 def _responses() -> dict[int, str]:
     rows = [json.loads(x) for x in (DATA / "responses.jsonl").read_text().splitlines()]
     return {r["id"]: r["response"] for r in rows}
+
+
+def test_cli_scores_lists_and_refuses_in_one_line(tmp_path, monkeypatch, capsys):
+    from app.data import headline, scan_runs
+    from halluc.cli import main
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["halluc", "score", "amber", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        return exited.value.code
+
+    assert run(str(DATA / "responses.jsonl"), "--amber-data", str(DATA), "--out", str(tmp_path / "runs" / "a")) == 0
+    (scored,) = scan_runs(tmp_path / "runs").runs
+    assert scored.job == "amber" and headline(scored)["AMBER CHAIR"] == 25.0
+    capsys.readouterr()
+    bad = [
+        ((str(DATA / "responses.jsonl"), "--amber-data", str(tmp_path)), "has no annotations.json"),
+        ((str(DATA / "responses.jsonl"), "--amber-data", str(DATA), "--id-key", "qid"), "--id-key 'qid'"),
+        ((str(tmp_path / "nope.json"), "--amber-data", str(DATA)), "nope.json"),
+    ]
+    for n, (args, named) in enumerate(bad):
+        assert run(*args, "--out", str(tmp_path / f"bad{n}")) == 2
+        err = capsys.readouterr().err.strip()
+        assert named in err and "Traceback" not in err and len(err.splitlines()) == 1, err
