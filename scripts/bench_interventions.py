@@ -8,7 +8,10 @@ tokens/s and the ratio to vanilla, both end to end and in steady state (``(T(N) 
 i.e. after the first step, which for VHR holds its head selection). It then times BASELINES: the straightforward
 eager batch-1 implementations of the official algorithms in :mod:`benchmarks.reference_methods` (the fidelity
 tests' yardstick), and prints how much faster halluc at batch 16 is, plus whether both produce the same tokens at
-batch 1. ``--llava-proportions`` times a random-weight model shaped like LLaVA-1.5 instead (576 image tokens,
+batch 1. Then OPERA (its own beam search, 5 beams): tokens/s vs greedy and vs plain beam search with 5 beams at
+batch 1 and 16 (exactly ``--new-tokens`` each), and vs the eager batch-1 reference of the official algorithm
+(``reference_opera``) at equal output (both stop by themselves; the tokens are compared). ``--only-opera`` runs
+just that part. ``--llava-proportions`` times a random-weight model shaped like LLaVA-1.5 instead (576 image tokens,
 16 x 1024 Llama, 32k vocabulary; about 90 s for one 4-token generation on 2 busy CPU cores, so meant for a
 larger machine).
 """
@@ -25,10 +28,10 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from benchmarks.reference_methods import reference_pai, reference_token_emphasis, reference_vhr
+from benchmarks.reference_methods import reference_opera, reference_pai, reference_token_emphasis, reference_vhr
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.models import LVLM, load_lvlm
-from interventions import PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
+from interventions import OPERA, PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
 
 METHODS: dict[str, Intervention | None] = {
     "vanilla": None,
@@ -89,6 +92,45 @@ def ours(lvlm: LVLM, config: Intervention | None, images: list[Image.Image], new
     return out.tolist()
 
 
+def bench_opera(lvlm: LVLM, images: list[Image.Image], new_tokens: int, repeats: int, clock: Callable) -> None:
+    """OPERA vs greedy and beam search 5 (tokens/s, fixed length), and vs its eager reference at equal output."""
+    config, sizes = OPERA(), (1, len(images))
+    prompts = [DESCRIBE_PROMPT] * len(images)
+
+    def fixed(size: int, **kwargs: object) -> None:
+        batch = lvlm.prepare(images[:size], prompts[:size])
+        lvlm.generate_ids(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+
+    runs = {(name, size): (lambda s=size, k=kwargs: fixed(s, **k)) for size in sizes for name, kwargs in (
+        ("greedy", {}), ("beam5", {"num_beams": 5}), ("opera", {"intervention": config}),
+    )}  # fmt: skip
+    free = [lvlm.prepare([image], [DESCRIBE_PROMPT]) for image in images]  # equal output: both stop by themselves
+    runs["opera-free"] = lambda: [lvlm.generate_ids(b, max_new_tokens=new_tokens, intervention=config) for b in free]
+    together = lvlm.prepare(images, prompts)
+    runs["opera-free-batched"] = lambda: lvlm.generate_ids(together, max_new_tokens=new_tokens, intervention=config)
+    runs["eager-free"] = lambda: [reference_opera(lvlm, image, DESCRIBE_PROMPT, new_tokens) for image in images]
+    best = fastest(runs, repeats, clock)
+    ours = [lvlm.generate_ids(b, max_new_tokens=new_tokens, intervention=config)[0].tolist() for b in free]
+    batched = lvlm.generate_ids(together, max_new_tokens=new_tokens, intervention=config).tolist()
+    eager = [reference_opera(lvlm, image, DESCRIBE_PROMPT, new_tokens).tokens for image in images]
+    print(f"\nOPERA (defaults {config.to_spec()}, 5 beams) vs greedy and beam search 5, {new_tokens} new tokens")
+    print(f"{'batch':>6}{'greedy tok/s':>14}{'beam5 tok/s':>13}{'opera tok/s':>13}{'vs greedy':>11}{'vs beam5':>10}")
+    for size in sizes:
+        greedy, beam, opera = (size * new_tokens / best[name, size] for name in ("greedy", "beam5", "opera"))
+        print(f"{size:6}{greedy:14.1f}{beam:13.1f}{opera:13.1f}{opera / greedy:11.3f}{opera / beam:10.3f}")
+    same = ours == eager
+    print(
+        f"OPERA batch 1 vs the eager reference, {len(images)} images, up to {new_tokens} tokens each: "
+        f"{best['eager-free']:.2f} s vs {best['opera-free']:.2f} s, "
+        f"{best['eager-free'] / best['opera-free']:.1f}x faster; same tokens: {same}"
+    )
+    same = all(row[: len(theirs)] == theirs for row, theirs in zip(batched, eager, strict=True))
+    print(
+        f"OPERA batch {len(images)} vs the eager reference: {best['opera-free-batched']:.2f} s, "
+        f"{best['eager-free'] / best['opera-free-batched']:.1f}x faster; same tokens: {same}"
+    )
+
+
 def llava_proportions(toy: str) -> LVLM:
     """A random-weight LLaVA with LLaVA-1.5's proportions where they set the cost: 336 px images in 14 px patches
     (576 image tokens), a 16-layer Llama of width 1024 (16 heads, MLP 2816) and a 32,064-token vocabulary; a small
@@ -133,6 +175,7 @@ def main() -> None:
         action="store_true",
         help="time a random-weight model with LLaVA-1.5's proportions (576 image tokens, 16 x 1024 Llama) instead",
     )
+    parser.add_argument("--only-opera", action="store_true", help="time only OPERA against its baselines")
     parser.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
@@ -148,6 +191,10 @@ def main() -> None:
     n = args.new_tokens
     print(f"{lvlm}; {n} new tokens; {args.threads} thread(s); {args.clock} clock, best of {args.repeats} rounds")
 
+    if args.only_opera:
+        with torch.inference_mode():
+            bench_opera(lvlm, images, n, args.repeats, CLOCKS[args.clock])
+        return
     sizes = (1, args.batch)
     runs = {
         (name, size, tokens): (lambda c=config, s=size, t=tokens: ours(lvlm, c, images[:s], t))
@@ -182,6 +229,8 @@ def main() -> None:
         eager = len(images) * n / best[name, "eager", n]
         fast = rate(name, args.batch)[0]
         print(f"{name:16}{eager:16.1f}{fast:14.1f}{fast / eager:9.1f}x{str(same[name]):>16}")
+    with torch.inference_mode():
+        bench_opera(lvlm, images, n, args.repeats, CLOCKS[args.clock])
 
 
 if __name__ == "__main__":
