@@ -32,7 +32,7 @@ from typing import Any
 
 from benchmarks.pope import parse_answer
 from halluc.errors import InputDataError
-from halluc.objects._nltk import lemma, pos_tags, sentence_spans, word_tokens
+from halluc.objects import lemma, pos_tags, sentence_spans, word_tokens
 
 __all__ = [
     "DATA_FILES",

@@ -63,7 +63,7 @@ def test_parse_intervention(spec: str, expected: Intervention) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nope:alpha=1", r"unknown intervention 'nope'; choose one of: (\w+, )*pai, token_emphasis, vcd, vhr"),
+        ("nope:alpha=1", r"unknown intervention 'nope'.*; choose one of: (\w+, )*pai, token_emphasis, vcd, vhr, vista"),
         ("vhr:beta=1", r"unknown parameter 'beta'; valid parameters: alpha, layers"),
         ("vhr:alpha=high", r"alpha='high' is not a valid float"),
         ("pai:cfg=maybe", r"cfg='maybe' is not a valid bool"),
