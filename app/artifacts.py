@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app.data import Run, read_json, read_jsonl, run_file
+from app.data import Run, read_jsonl, run_file
 from halluc.errors import InputDataError
+from halluc.runs import read_json
 
 __all__ = [
     "CROSSCHECK",

@@ -15,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from app.data import Run, chair_details, read_json, run_file
+from app.data import Run, chair_details, run_file
 from benchmarks.compare import Comparison, manifest_differences
 from halluc.errors import InputDataError
+from halluc.runs import read_json
 
 __all__ = ["differences", "on_shared_samples", "paired_frame"]
 

@@ -13,7 +13,6 @@ machine, test fixtures) a file of the same name is looked up in ``<run>/assets/`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 from halluc.errors import ConfigError, InputDataError
 from halluc.records import load_records
-from halluc.runs import MANIFEST, METRICS, SAMPLES, resume_command, run_status
+from halluc.runs import MANIFEST, METRICS, SAMPLES, read_json, resume_command, run_status
 
 __all__ = [
     "ASSETS",
@@ -43,7 +42,6 @@ __all__ = [
     "locate",
     "ordered",
     "protocol_summaries",
-    "read_json",
     "read_jsonl",
     "run_file",
     "runs_root",
@@ -81,16 +79,6 @@ def runs_root() -> Path:
 
 def _inside(path: Path, base: Path) -> bool:
     return path.resolve().is_relative_to(base.resolve())
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file, or raise InputDataError naming the file and the problem."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{path} is not valid JSON ({exc})") from None
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import stats
 
 from halluc.errors import ConfigError, InputDataError
-from halluc.runs import RunStore
+from halluc.runs import RunStore, read_json
 
 __all__ = [
     "ASPECTS",
@@ -375,15 +375,6 @@ class Comparison:
         }
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{path} is not valid JSON ({exc})") from None
-
-
 def _manifest(path: Path) -> dict[str, Any]:
     if not Path(path).is_dir():
         raise InputDataError(f"run directory {str(path)!r} does not exist")
@@ -403,7 +394,7 @@ def _artefact(path: Path, name: str, key: str) -> list[dict[str, Any]]:
         raise InputDataError(
             f"run {str(path)!r} has no {name} (written when the run finishes scoring); finish or resume it first"
         )
-    records = _read_json(file)
+    records = read_json(file)
     if not isinstance(records, list) or not all(isinstance(r, dict) and key in r for r in records):
         raise InputDataError(f"{file} must hold a JSON array of objects with a {key!r}")
     return records

@@ -46,6 +46,7 @@ __all__ = [
     "config_hash",
     "environment_info",
     "list_runs",
+    "read_json",
     "result_config",
     "resume_command",
     "run_status",
@@ -88,6 +89,16 @@ def environment_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit()}
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file, or raise InputDataError naming the file and the problem."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputDataError(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"{path} is not valid JSON ({exc})") from None
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

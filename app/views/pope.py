@@ -12,6 +12,7 @@ import streamlit as st
 from app import charts, data, ui
 from benchmarks.pope import SPLITS
 from halluc.errors import InputDataError
+from halluc.runs import read_json
 
 __all__: list[str] = []
 
@@ -21,7 +22,7 @@ def _scored(run: data.Run) -> list[dict[str, Any]]:
     path = data.run_file(run, "pope_scored.json")
     if not path.exists():
         return []
-    scored = data.read_json(path)
+    scored = read_json(path)
     if not isinstance(scored, list) or not all(isinstance(r, dict) and "label" in r for r in scored):
         raise InputDataError(f"{path} must hold a JSON array of scored answers with 'label' and 'prediction'")
     return scored
@@ -41,7 +42,7 @@ def _confusion(scored: list[dict[str, Any]], split: str) -> alt.Chart:
 def _answers(run: data.Run, scored: list[dict[str, Any]]) -> pd.DataFrame:
     """Each question with its label, the model's answer and whether it was judged correct."""
     questions_path = data.run_file(run, "pope_questions.json")
-    questions = data.read_json(questions_path) if questions_path.exists() else []
+    questions = read_json(questions_path) if questions_path.exists() else []
     text = {(q.get("split"), q.get("question_id")): q for q in questions if isinstance(q, dict)}
     answers = {(s.get("image"), s.get("question")): s.get("response", s.get("error")) for s in data.samples(run)[0]}
     rows = []
