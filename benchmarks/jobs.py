@@ -111,6 +111,18 @@ def _samples(store: RunStore) -> list[dict[str, Any]]:
     return unique_samples(store.samples(), where=str(store.samples_path()))
 
 
+def _finish(
+    store: RunStore, metrics: dict[str, Any], samples: list[dict[str, Any]], n_errors: int, **artifacts: Any
+) -> None:
+    """Close a scored run: error count and firing summary into ``metrics``, artifacts, metrics.json, status."""
+    metrics["n_errors"] = n_errors
+    metrics["firing"] = firing_summary(samples)
+    for name, value in artifacts.items():
+        store.write_artifact(f"{name}.json", value)
+    store.write_metrics(metrics)
+    store.finish(n_errors=n_errors)
+
+
 def _chair_image_id(image_id: int | str) -> int:
     if isinstance(image_id, int) or str(image_id).isdigit():
         return int(image_id)
@@ -199,11 +211,7 @@ def run_chair(
         samples = _samples(store)
         ok = [{"image_id": s["image_id"], "caption": s["response"]} for s in samples if "error" not in s]
         metrics, details = chair.score_records(ok, gt, mode=mode)
-        metrics["n_errors"] = len(samples) - len(ok)
-        metrics["firing"] = firing_summary(samples)
-        store.write_artifact("chair_details.json", details)
-        store.write_metrics(metrics)
-        store.finish(n_errors=metrics["n_errors"])
+        _finish(store, metrics, samples, len(samples) - len(ok), chair_details=details)
     return JobResult(store, metrics, summary)
 
 
@@ -260,10 +268,6 @@ def run_pope(
         scored = [pope.score_answer(q, answers[_pope_request_id(q)], strict=strict) for q in questions
                   if answers.get(_pope_request_id(q)) is not None]  # fmt: skip
         metrics = pope.aggregate(scored)
-        metrics["n_errors"] = len(questions) - len(scored)
-        metrics["firing"] = firing_summary(samples)
-        store.write_artifact("pope_questions.json", [{**q.to_dict(), "split": q.split} for q in questions])
-        store.write_artifact("pope_scored.json", scored)
-        store.write_metrics(metrics)
-        store.finish(n_errors=metrics["n_errors"])
+        asked = [{**q.to_dict(), "split": q.split} for q in questions]
+        _finish(store, metrics, samples, len(questions) - len(scored), pope_questions=asked, pope_scored=scored)
     return JobResult(store, metrics, summary)

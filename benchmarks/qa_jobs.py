@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from benchmarks import amber, mme
-from benchmarks.jobs import JobResult, _is_main, _open_run, _samples
-from benchmarks.runner import GenerationSettings, Request, RunSummary, firing_summary, run_generation
+from benchmarks.jobs import JobResult, _finish, _is_main, _open_run, _samples
+from benchmarks.runner import GenerationSettings, Request, RunSummary, run_generation
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.errors import ConfigError, InputDataError
 from halluc.imagesets import ImageSet
@@ -73,10 +73,7 @@ def run_mme(
         samples = _samples(store)
         answered = [{**s, "image": s["image_id"]} for s in samples if "error" not in s]
         metrics = mme.score(answered, MME_SUBSETS)
-        metrics["n_errors"] = len(samples) - len(answered)
-        metrics["firing"] = firing_summary(samples)
-        store.write_metrics(metrics)
-        store.finish(n_errors=metrics["n_errors"])
+        _finish(store, metrics, samples, len(samples) - len(answered))
     return JobResult(store, metrics, summary)
 
 
@@ -141,9 +138,5 @@ def run_amber(
         responses = {s["query_id"]: amber.official_response(data.annotations[s["query_id"]], s["response"], True)
                      for s in ok}  # fmt: skip
         metrics, details = amber.score_responses(responses, data)
-        metrics["n_errors"] = len(samples) - len(ok)
-        metrics["firing"] = firing_summary(samples)
-        store.write_artifact("amber_details.json", {str(k): v for k, v in details.items()})
-        store.write_metrics(metrics)
-        store.finish(n_errors=metrics["n_errors"])
+        _finish(store, metrics, samples, len(samples) - len(ok), amber_details={str(k): v for k, v in details.items()})
     return JobResult(store, metrics, summary)
