@@ -401,11 +401,9 @@ def _report(result) -> None:
 
 def _demo_systems() -> dict[str, object]:
     """Baseline plus every registered intervention at its paper-default strength."""
-    systems: dict[str, object] = {"baseline": None}
-    from interventions import REGISTRY
+    from interventions import paper_defaults
 
-    systems.update({name: cls() for name, cls in sorted(REGISTRY.items())})
-    return systems
+    return {"baseline": None, **paper_defaults()}
 
 
 def demo_tables(rows: list) -> list[Table]:

@@ -37,6 +37,7 @@ from interventions.base import (
     check_decoding,
     from_dict,
     intervene,
+    paper_defaults,
     parse_intervention,
     register,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "from_dict",
     "image_key_mask",
     "intervene",
+    "paper_defaults",
     "live",
     "owned_forward",
     "paired_inputs",

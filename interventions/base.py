@@ -33,6 +33,7 @@ __all__ = [
     "check_decoding",
     "from_dict",
     "intervene",
+    "paper_defaults",
     "parse_intervention",
     "register",
 ]
@@ -57,6 +58,12 @@ def register(name: str) -> Callable[[type[I]], type[I]]:
         return cls
 
     return decorate
+
+
+def paper_defaults() -> dict[str, Intervention]:
+    """Every registered method at its default configuration (the paper's and official code's), by registry name:
+    the systems a comparison table puts side by side."""
+    return {name: cls() for name, cls in sorted(REGISTRY.items())}
 
 
 def _did_you_mean(given: object, valid: list[str]) -> str:

@@ -11,37 +11,47 @@ tests' yardstick), and prints how much faster halluc at batch 16 is, plus whethe
 batch 1. Then OPERA (its own beam search, 5 beams): tokens/s vs greedy and vs plain beam search with 5 beams at
 batch 1 and 16 (exactly ``--new-tokens`` each), and vs the eager batch-1 reference of the official algorithm
 (``reference_opera``) at equal output (both stop by themselves; the tokens are compared). ``--only-opera`` runs
-just that part. ``--llava-proportions`` times a random-weight model shaped like LLaVA-1.5 instead (576 image tokens,
-16 x 1024 Llama, 32k vocabulary; about 90 s for one 4-token generation on 2 busy CPU cores, so meant for a
-larger machine).
+just that part.
+
+``--isolated`` runs each system (the methods, beam search 5 and OPERA) once per batch size in a fresh process and
+adds its peak resident set size (Linux ``VmHWM``, reset after a warm-up) to tokens/s and the ratio to greedy.
+``--llava-proportions`` does that on a random-weight model shaped like LLaVA-1.5 (576 image tokens, 16 x 1024
+Llama, 32k vocabulary), the figure users care about:
+
+    python scripts/bench_interventions.py --llava-proportions --new-tokens 128 --batch 8 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from benchmarks.reference_methods import reference_opera, reference_pai, reference_token_emphasis, reference_vhr
 from halluc.defaults import DESCRIBE_PROMPT
 from halluc.models import LVLM, load_lvlm
-from interventions import OPERA, PAI, VCD, VHR, VISTA, DoLa, Intervention, TokenEmphasis
+from interventions import OPERA, PAI, Intervention, paper_defaults
 
+# Every greedy-decoding method at its default, and PAI's attention edit without CFG; OPERA (beam search) apart.
 METHODS: dict[str, Intervention | None] = {
     "vanilla": None,
-    "vhr": VHR(),
-    "token_emphasis": TokenEmphasis(),
-    "pai": PAI(),
+    **{name: config for name, config in paper_defaults().items() if name != "opera"},
     "pai-attention": PAI(cfg=False),
-    "vcd": VCD(),
-    "dola": DoLa(),
-    "vista": VISTA(),
+}
+# What each system passes to ``LVLM.generate_ids`` in the isolated runs (one process per system and batch size).
+SYSTEMS: dict[str, dict[str, object]] = {
+    **{name: {"intervention": config} for name, config in METHODS.items()},
+    "beam5": {"num_beams": 5},
+    "opera": {"intervention": OPERA()},
 }
 
 
@@ -161,6 +171,67 @@ def noise_images(count: int, size: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
+# ----- isolated runs: one fresh process per system and batch size (peak memory; LLaVA-sized models) -----------
+def build_model(model: str, llava: bool) -> LVLM:
+    """The model under test: the given checkpoint, or a random-weight one with LLaVA-1.5's proportions."""
+    return llava_proportions(model) if llava else load_lvlm(model, dtype="float32")
+
+
+def resident_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MiB, from Linux's /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def isolated_run(args: argparse.Namespace, system: str, size: int) -> dict[str, float]:
+    """In a fresh process: build the model, warm up with a 2-token generation, reset the peak resident set size,
+    then time one generation of exactly ``--new-tokens`` at batch ``size``; returns seconds and MiB (the loaded
+    model's resident set and the peak during the timed generation)."""
+    torch.set_num_threads(args.threads)
+    lvlm = build_model(args.model, args.llava_proportions)
+    loaded = resident_mib("VmRSS")
+    batch = lvlm.prepare(noise_images(size, args.image_size), [DESCRIBE_PROMPT] * size)
+    clock = CLOCKS[args.clock]
+    with torch.inference_mode():
+        lvlm.generate_ids(batch, max_new_tokens=2, min_new_tokens=2, **SYSTEMS[system])
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident set
+        start = clock()
+        lvlm.generate_ids(batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **SYSTEMS[system])
+        seconds = clock() - start
+    return {"seconds": seconds, "loaded_mib": loaded, "peak_mib": resident_mib("VmHWM")}
+
+
+def bench_isolated(args: argparse.Namespace) -> None:
+    """Every system at batch 1 and ``--batch``, each run in its own process; prints tokens/s, the ratio to
+    vanilla greedy (OPERA's also to beam search 5) and the peak resident set at the larger batch."""
+    sizes, n = (1, args.batch), args.new_tokens
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    spawn = multiprocessing.get_context("spawn")
+    jobs = [(system, size) for system in SYSTEMS for size in sizes]
+    for system, size in tqdm(jobs, desc="isolated runs", unit="run"):
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            results[system, size] = pool.submit(isolated_run, args, system, size).result()
+    print(f"\nisolated runs, {n} new tokens, {args.threads} thread(s), {args.clock} clock; MiB at batch {args.batch}")
+    print(
+        f"{'system':16}" + "".join(f"{f'b{s} tok/s':>12}{'ratio':>8}" for s in sizes)
+        + f"{'loaded':>9}{'peak':>9}{'peak-vanilla':>14}"
+    )  # fmt: skip
+    for system in SYSTEMS:
+        cells = ""
+        for size in sizes:
+            rate = size * n / results[system, size]["seconds"]
+            base = size * n / results["vanilla", size]["seconds"]
+            cells += f"{rate:12.2f}{rate / base:8.3f}"
+        big, vanilla = results[system, args.batch], results["vanilla", args.batch]
+        extra = big["peak_mib"] - vanilla["peak_mib"]
+        print(f"{system:16}{cells}{big['loaded_mib']:9.0f}{big['peak_mib']:9.0f}{extra:+14.0f}")
+    for size in sizes:
+        ratio = results["beam5", size]["seconds"] / results["opera", size]["seconds"]
+        print(f"opera vs beam search 5 at batch {size}: {ratio:.3f}")
+
+
 def main() -> None:
     """Time every method and baseline, then print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +248,12 @@ def main() -> None:
     )
     parser.add_argument("--only-opera", action="store_true", help="time only OPERA against its baselines")
     parser.add_argument(
+        "--isolated",
+        action="store_true",
+        help="run each system once in a fresh process: tokens/s and peak resident memory (implied by "
+        "--llava-proportions)",
+    )
+    parser.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
         default="process",
@@ -185,8 +262,11 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.model).is_dir():
         parser.error(f"no model at {args.model}; train it (scripts/train_toy_lvlm.py) or pass --model PATH")
+    if args.isolated or args.llava_proportions:
+        bench_isolated(args)
+        return
     torch.set_num_threads(args.threads)
-    lvlm = llava_proportions(args.model) if args.llava_proportions else load_lvlm(args.model, dtype="float32")
+    lvlm = load_lvlm(args.model, dtype="float32")
     images = noise_images(args.batch, args.image_size)
     n = args.new_tokens
     print(f"{lvlm}; {n} new tokens; {args.threads} thread(s); {args.clock} clock, best of {args.repeats} rounds")
