@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, ParamSpec, TypeVar, get_type_hints
 
+from transformers import LogitsProcessor
+
 from halluc.errors import ConfigError
 from halluc.models import LVLM
 from interventions.batching import add_generation_hook
@@ -29,6 +31,7 @@ __all__ = [
     "Composite",
     "Handle",
     "Intervention",
+    "StepForwardProcessor",
     "apply",
     "check_decoding",
     "from_dict",
@@ -131,6 +134,16 @@ class Intervention:
         so beam search cannot run it; subclasses with such a branch override it."""
         return False
 
+    def reads_step_forward(self) -> bool:
+        """Whether its logits processor reads what hooks captured in the step's forward (a
+        ``StepForwardProcessor``), so a decoding loop with extra forwards per step cannot run it."""
+        return False
+
+    def own_decoding_beams(self) -> int | None:
+        """The beam count when this method runs its own decoding loop with extra forwards per step (OPERA's
+        candidates), else None; such a loop fixes the beams and cannot host the two kinds of methods above."""
+        return None
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Install this method's machinery on ``lvlm``, recording each undo step on ``handle`` as it goes."""
         raise NotImplementedError(f"{type(self).__name__} must implement install()")
@@ -206,9 +219,36 @@ class Composite:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+class StepForwardProcessor(LogitsProcessor):
+    """A logits processor that reads what hooks captured during the step's forward (DoLa's early exits, VISTA's
+    early layers): right only when the model's last forward was the step's own, so decoding loops that run extra
+    forwards before the processors (OPERA's candidates) refuse it."""
+
+
 def check_decoding(config: Intervention | Composite | None, num_beams: int) -> None:
-    """Refuse, before any model loads, a beam search that a method's contrast branch cannot follow."""
+    """Refuse, before any model loads, a decoding the methods cannot follow: a beam search with a contrast branch,
+    and an own decoding loop (OPERA) with another loop, another beam count, a contrast branch or a processor that
+    reads the step's forward."""
     parts = [] if config is None else _flatten((config,))
+    loops = [part for part in parts if part.own_decoding_beams() is not None]
+    if len(loops) > 1:
+        names = ", ".join(part.to_spec() for part in loops)
+        raise ConfigError(f"several methods run their own decoding loop ({names}); choose one of them")
+    if loops:
+        loop, beams = loops[0].to_spec(), loops[0].own_decoding_beams()
+        if num_beams not in (1, beams):
+            raise ConfigError(
+                f"{loop} runs its own beam search with {beams} beams; got --num-beams {num_beams}: drop "
+                f"--num-beams or set the method's num_beams={num_beams}"
+            )
+        blocked = [p.to_spec() for p in parts if p.follows_one_row_per_sample() or p.reads_step_forward()]
+        if blocked:
+            raise ConfigError(
+                f"{loop} cannot run with {', '.join(blocked)}: its beams roll back and it runs extra forwards each "
+                "step, which a contrast branch or a processor reading the step's forward cannot follow; drop them, "
+                "or turn their part off (e.g. cfg=false, vista:alpha=0)"
+            )
+        num_beams = beams
     blocked = [part.to_spec() for part in parts if part.follows_one_row_per_sample()]
     if num_beams > 1 and blocked:
         raise ConfigError(

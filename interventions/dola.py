@@ -67,7 +67,7 @@ from transformers import LogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM, GenerationHook, PreparedBatch
-from interventions.base import Handle, Intervention, register
+from interventions.base import Handle, Intervention, StepForwardProcessor, register
 from interventions.batching import add_generation_hook, fit
 from interventions.layers import check_layer_spec, resolve_layers
 from interventions.scope import live
@@ -147,6 +147,10 @@ class DoLa(Intervention):
             return premature_candidates(self.layers, lvlm.num_layers, tied)
         return resolve_layers(self.layers, lvlm.num_layers, partial(premature_candidates, "low", tied=tied))
 
+    def reads_step_forward(self) -> bool:
+        """The contrast reads the early exits captured in the step's forward."""
+        return True
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """A pre-hook per candidate layer keeping its input's last position, and the per-call contrast hook."""
         state = _Contrast(self, self.candidates(lvlm))
@@ -204,7 +208,7 @@ class _Contrast(GenerationHook):
         self._hidden = None
 
 
-class _LayerContrast(LogitsProcessor):
+class _LayerContrast(StepForwardProcessor):
     """Replaces the final-layer scores by DoLa's contrast, then applies the repetition penalty."""
 
     def __init__(self, state: _Contrast, lm_head: nn.Module, padding: torch.Tensor) -> None:

@@ -56,7 +56,7 @@ from transformers import LogitsProcessorList
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM, GenerationHook, PreparedBatch
-from interventions.base import Handle, Intervention, register
+from interventions.base import Handle, Intervention, StepForwardProcessor, register
 from interventions.batching import add_generation_hook
 from interventions.contrastive import ContrastiveGuidance
 from interventions.opera_loop import Lane, OperaLoop, use_probe
@@ -90,6 +90,10 @@ class OPERA(Intervention):
         if self.penalty_weights < 0:
             raise ConfigError(f"opera: penalty_weights must be >= 0, got {self.penalty_weights!r}")
 
+    def own_decoding_beams(self) -> int:
+        """OPERA's own beam search, with a forward per candidate each step."""
+        return self.num_beams
+
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Register the hook that supplies the decoding loop and reports what it did."""
         handle.on_remove(add_generation_hook(lvlm, _Decoding(self)))
@@ -117,7 +121,8 @@ class _Decoding(GenerationHook):
         return generate
 
     def _refuse(self, processors: LogitsProcessorList, num_beams: int) -> None:
-        """Refuse what OPERA's beams cannot follow, before any forward."""
+        """Refuse what OPERA's beams cannot follow, before any forward (the CLI has already refused it before
+        loading the model, with ``check_decoding``; this catches library calls)."""
         if num_beams not in (1, self.config.num_beams):
             raise ConfigError(
                 f"opera sets its own beam count ({self.config.num_beams}); got num_beams={num_beams}: drop "
@@ -127,6 +132,11 @@ class _Decoding(GenerationHook):
             raise ConfigError(
                 "opera cannot run with a contrast-branch method (VCD, PAI's or token emphasis' CFG): the branch "
                 "follows one sequence per prompt and OPERA's beams roll back; turn the branch off (e.g. cfg=false)"
+            )
+        if any(isinstance(p, StepForwardProcessor) for p in processors):
+            raise ConfigError(
+                "opera cannot run with a method whose processor reads the step's forward (DoLa, VISTA's "
+                "self-logits augmentation): OPERA's candidate forwards come in between; drop it (or vista:alpha=0)"
             )
 
     def report(self, lvlm: LVLM, batch: PreparedBatch) -> list[dict[str, Any]] | None:

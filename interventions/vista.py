@@ -31,7 +31,7 @@ from transformers import LogitsProcessor
 
 from halluc.errors import ConfigError
 from halluc.models import LVLM, GenerationHook, PreparedBatch
-from interventions.base import Handle, Intervention, register
+from interventions.base import Handle, Intervention, StepForwardProcessor, register
 from interventions.batching import add_generation_hook, fit, paired_inputs, run_prefill
 from interventions.layers import scale_to_depth
 from interventions.scope import live, owned_forward
@@ -72,6 +72,10 @@ class VISTA(Intervention):
             raise ConfigError(f"vista: strength must be >= 0, got {self.strength!r}")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"vista: alpha must be in [0, 1], got {self.alpha!r}")
+
+    def reads_step_forward(self) -> bool:
+        """SLA (on when ``alpha`` > 0) reads the early layers' states captured in the step's forward."""
+        return self.alpha > 0
 
     def install(self, lvlm: LVLM, handle: Handle) -> None:
         """Capture hooks on every decoder layer, steering hooks on every MLP, and the per-call hook."""
@@ -150,7 +154,7 @@ class _Steering(GenerationHook):
         self.vectors, self.last, self.armed = {}, {}, False
 
 
-class _SelfLogits(LogitsProcessor):
+class _SelfLogits(StepForwardProcessor):
     """``(1 - alpha) * logits + alpha * mean_l lm_head(h_l)`` over the SLA layers' last positions."""
 
     def __init__(self, state: _Steering, lm_head: nn.Module) -> None:

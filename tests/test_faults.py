@@ -219,6 +219,8 @@ def _bad_inputs(world: Path, tmp_path: Path) -> list[tuple[list[str], list[str]]
          ["gt.json"]),
         (["chair", "--images", str(world / "images" / "val"), *out], ["--annotations", "--gt-file"]),
         (["chair", *images, "--intervention", "vhr:alpah=2", *out], ["alpah"]),
+        (["chair", *images, "--intervention", "opera", "--num-beams", "3", *out], ["opera", "--num-beams 3"]),
+        (["chair", *images, "--intervention", "opera", "--intervention", "dola", *out], ["opera", "dola"]),
         (["chair", *images, "--out", str(blocker / "run")], ["cannot write", "file"]),
         (["chair", *images, "--out", str(done)], ["already holds a run", "--resume"]),
         (["chair", "--images", "toy:val", "--captions", str(tmp_path / "missing.json"), *out],

@@ -14,7 +14,19 @@ from tiny_models import TINY_FAMILIES, build_tiny
 from benchmarks.reference_methods import OperaReference, reference_opera
 from halluc.errors import ConfigError
 from halluc.models import LVLM, GenerationHook, PreparedBatch
-from interventions import OPERA, PAI, VCD, add_generation_hook, apply, parse_intervention
+from interventions import (
+    OPERA,
+    PAI,
+    VCD,
+    VHR,
+    VISTA,
+    Composite,
+    DoLa,
+    add_generation_hook,
+    apply,
+    check_decoding,
+    parse_intervention,
+)
 
 torch.set_num_threads(1)
 
@@ -112,7 +124,35 @@ def test_composes_with_attention_edits_and_refuses_contrast_branches() -> None:
         lvlm.generate_ids(lvlm.prepare(IMAGES, PROMPTS), max_new_tokens=2, num_beams=2, intervention=SMALL)
     with pytest.raises(ConfigError, match="replace the decoding loop"):
         lvlm.generate_ids(lvlm.prepare(IMAGES, PROMPTS), max_new_tokens=2, intervention=[SMALL, OPERA()])
+    for other in (DoLa(), VISTA()):  # their processors read the step's forward; OPERA's candidates come after it
+        with pytest.raises(ConfigError, match="processor reads the step's forward"):
+            run(lvlm, IMAGES, PROMPTS, SMALL, 2, other)
+    run(lvlm, IMAGES, PROMPTS, SMALL, 2, VISTA(alpha=0.0))  # the steering vector alone composes
     assert lvlm.generation_hooks == [] and lvlm.attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize(
+    ("config", "num_beams", "message"),
+    [
+        (
+            Composite((OPERA(), OPERA(num_beams=3))),
+            1,
+            r"several methods run their own decoding loop \(opera, opera:num",
+        ),
+        (OPERA(), 3, r"opera runs its own beam search with 5 beams; got --num-beams 3"),
+        (Composite((OPERA(), VCD())), 1, r"opera cannot run with vcd: its beams roll back"),
+        (Composite((DoLa(), OPERA())), 5, r"opera cannot run with dola"),
+        (Composite((OPERA(), VISTA(), PAI())), 1, r"opera cannot run with vista, pai"),
+    ],
+)
+def test_the_cli_refuses_what_opera_cannot_run_before_any_model_loads(config, num_beams: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_decoding(config, num_beams)
+
+
+def test_opera_passes_the_decoding_check_with_what_it_can_run() -> None:
+    for num_beams in (1, 5):
+        check_decoding(Composite((OPERA(), VHR(), PAI(cfg=False), VISTA(alpha=0.0))), num_beams)
 
 
 class Repeat(GenerationHook):
