@@ -5,14 +5,14 @@ Every metric is a ratio of sums of per-sample counts: CHAIR's over captions as :
 aggregates them (:data:`RATIOS`), POPE's over a split's questions as :func:`benchmarks.pope.pope_metrics` does
 (:data:`POPE_RATIOS`; "mean" is the mean over splits). So one rule gives a metric on any resample of the shared
 samples, and a difference B - A gets its percentile 95% CI from resampling the samples, the same ones for both runs
-(:func:`bootstrap_by_image`): images for CHAIR, questions for POPE (a POPE image's questions are not independent, so
-POPE's intervals are somewhat narrow; its "mean" rows resample and test the questions of all splits together).
-Paired tests, two-sided:
+(:func:`bootstrap_by_image`): images, each with all its samples: its caption for CHAIR, all its questions for
+POPE (an image's questions are not independent: resampling single questions gave intervals too narrow; the "mean"
+rows resample each image with its questions of every split). Paired tests, two-sided:
 
-* CHAIR_s and POPE accuracy are shares of a binary outcome per sample (the caption hallucinates; the answer is
-  right): exact McNemar test, a binomial test of the discordant pairs (``scipy.stats.binomtest``); for POPE on the
-  questions whose answers parse in both runs (all of them under the default rule).
-* The other metrics: a paired permutation test of the metric itself (each sample's two outputs swapped at random,
+* CHAIR_s is the share of a binary outcome per image (the caption hallucinates): exact McNemar test, a binomial
+  test of the discordant pairs (``scipy.stats.binomtest``). POPE accuracy, also binary per question, takes the
+  permutation test below instead, since McNemar assumes independent questions.
+* The other metrics: a paired permutation test of the metric itself (each image's two outputs swapped at random,
   exact when 2**n <= resamples; ``scipy.stats.permutation_test``'s rule, vectorised), not Wilcoxon signed-rank on
   per-image hallucinated-mention counts, which tests another quantity: CHAIR_i divides by all mentions, so a method
   that only shortens captions lowers the per-image counts (a Wilcoxon "effect") with CHAIR_i unchanged, and
@@ -22,6 +22,7 @@ Paired tests, two-sided:
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import json
 import math
@@ -175,53 +176,80 @@ def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PairedCounts:
-    """Per-sample counts of runs A and B on the same samples: ``table`` holds A's rows, then B's in the same order."""
+    """Per-sample counts of runs A and B on the same samples (``table``: A's rows, then B's in the same order), each
+    sample's stratum (POPE split) and cluster: its image, the unit resampled by the bootstrap and swapped by the
+    permutation test, since an image's POPE questions are not independent (a CHAIR caption is its own cluster)."""
 
     columns: tuple[str, ...]
     table: np.ndarray  # [2 * n_samples, n_columns]
-    strata: np.ndarray  # [2 * n_samples] stratum (POPE split) of each row
+    strata: np.ndarray  # [n_samples] stratum index of each sample
+    clusters: np.ndarray  # [n_samples] cluster index of each sample, 0 .. n_clusters - 1
     n_strata: int = 1
 
     @classmethod
     def build(
-        cls, a: Sequence[Mapping[str, int]], b: Sequence[Mapping[str, int]], strata: Sequence[int] | None = None
+        cls,
+        a: Sequence[Mapping[str, int]],
+        b: Sequence[Mapping[str, int]],
+        strata: Sequence[int] | None = None,
+        clusters: Sequence[Any] | None = None,
     ) -> PairedCounts:
-        """From the count dicts of A and B, sample i of each describing the same sample (stratum ``strata[i]``)."""
+        """From the count dicts of A and B, sample i of each describing the same sample (stratum ``strata[i]``,
+        cluster ``clusters[i]``: any hashable label; by default every sample is its own cluster)."""
         if len(a) != len(b):
             raise InputDataError(f"paired counts need the same samples in both runs; got {len(a)} and {len(b)}")
         columns = tuple(a[0]) if a else ()
         table = np.array([[c[k] for k in columns] for c in (*a, *b)], dtype=float).reshape(-1, len(columns))
         strata = np.zeros(len(a), dtype=int) if strata is None else np.asarray(strata, dtype=int)
-        return cls(columns, table, np.concatenate([strata, strata]), int(strata.max(initial=0)) + 1)
+        labels = list(range(len(a))) if clusters is None else list(clusters)
+        index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+        return cls(columns, table, strata, np.array([index[label] for label in labels], dtype=int),
+                   int(strata.max(initial=0)) + 1)  # fmt: skip
 
     @property
     def n(self) -> int:
+        """Shared samples."""
         return len(self.table) // 2
 
-    def metric(self, rows: np.ndarray, top: str, bottom: str) -> np.ndarray:
-        """Mean over strata of sum(top) / sum(bottom) over ``rows`` ([..., k] row indices; NaN where a sum is 0)."""
-        num = self.table[:, self.columns.index(top)][rows]  # [..., k]
-        den = self.table[:, self.columns.index(bottom)][rows]  # [..., k]
-        ratios = []
-        for stratum in range(self.n_strata):
-            mask = 1 if self.n_strata == 1 else self.strata[rows] == stratum  # [..., k]
-            ratios.append(_ratio((num * mask).sum(axis=-1), (den * mask).sum(axis=-1)))
-        return np.mean(ratios, axis=0)
+    @property
+    def n_clusters(self) -> int:
+        """Clusters (images) the samples come from."""
+        return int(self.clusters.max(initial=-1)) + 1
+
+    @functools.cached_property
+    def sums(self) -> np.ndarray:
+        """Counts summed per run, cluster and stratum: ``[2, n_clusters, n_strata, n_columns]``."""
+        out = np.zeros((2, self.n_clusters, self.n_strata, len(self.columns)))
+        for side in (0, 1):
+            np.add.at(out[side], (self.clusters, self.strata), self.table[side * self.n : (side + 1) * self.n])
+        return out
+
+    def _column(self, side: int, name: str) -> np.ndarray:
+        """One count of one run per cluster and stratum: ``[n_clusters, n_strata]``."""
+        return self.sums[side, :, :, self.columns.index(name)]
+
+    def metric(self, side: int, rows: np.ndarray, top: str, bottom: str) -> np.ndarray:
+        """Run ``side``'s (0: A, 1: B) mean over strata of sum(top) / sum(bottom) over the clusters ``rows``
+        ([..., k] cluster indices, repeats allowed; NaN where a sum is 0)."""
+        num = self._column(side, top)[rows].sum(axis=-2)  # [..., n_strata]
+        den = self._column(side, bottom)[rows].sum(axis=-2)
+        return _ratio(num, den).mean(axis=-1)
 
     def values(self, top: str, bottom: str) -> tuple[float, float]:
         """The metric of A and of B on all the samples."""
-        n = np.arange(self.n)
-        return float(self.metric(n, top, bottom)), float(self.metric(n + self.n, top, bottom))
+        every = np.arange(self.n_clusters)
+        return float(self.metric(0, every, top, bottom)), float(self.metric(1, every, top, bottom))
 
     def difference(self, top: str, bottom: str, *, n_resamples: int = 2000, seed: int = 0) -> Interval:
-        """B - A with its bootstrap CI, both runs resampled by the same samples."""
+        """B - A with its bootstrap CI, both runs resampled by the same clusters."""
         return bootstrap_by_image(
-            self.n, lambda rows: self.metric(rows + self.n, top, bottom) - self.metric(rows, top, bottom),
+            self.n_clusters, lambda rows: self.metric(1, rows, top, bottom) - self.metric(0, rows, top, bottom),
             n_resamples=n_resamples, seed=seed, batched=True,
         )  # fmt: skip
 
     def mcnemar(self, outcome: str, *, within: str | None = None) -> float:
-        """Exact McNemar p-value of the binary ``outcome`` (on the samples where ``within`` is 1 in both runs)."""
+        """Exact McNemar p-value of the binary ``outcome`` (on the samples where ``within`` is 1 in both runs);
+        it assumes independent samples, so it is meant for one sample per cluster."""
         a, b = self.table[:, self.columns.index(outcome)].reshape(2, -1) > 0
         if within is not None:
             both = (self.table[:, self.columns.index(within)].reshape(2, -1) > 0).all(axis=0)
@@ -230,25 +258,22 @@ class PairedCounts:
         return float(stats.binomtest(only_b, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
 
     def permutation(self, top: str, bottom: str, *, n_resamples: int = 2000, seed: int = 0) -> float:
-        """Two-sided p-value of B - A when each sample's A and B outputs are swapped at random (exact when 2**n <=
-        ``n_resamples``; NaN when B - A is undefined), with scipy.stats.permutation_test's p-value rule.
+        """Two-sided p-value of B - A when each cluster's A and B outputs are swapped at random (exact when
+        2**n_clusters <= ``n_resamples``; NaN when B - A is undefined), with scipy.stats.permutation_test's
+        p-value rule.
 
         Vectorised here: scipy's paired ("samples") mode loops over the samples in Python (measured: an 8,910-question
         POPE comparison took 26 s of CPU with it, 10 s without); tests/test_compare.py checks the two agree."""
-        n = self.n
+        n = self.n_clusters
         (top_a, top_b), (bottom_a, bottom_b) = (
-            self.table[:, self.columns.index(c)].reshape(2, n) for c in (top, bottom)
-        )
-        masks = (self.strata[:n, None] == np.arange(self.n_strata)).astype(float)  # [n, n_strata]
-        moved_top, moved_bottom = (
-            (top_a - top_b)[:, None] * masks,
-            (bottom_a - bottom_b)[:, None] * masks,
-        )  # [n, n_strata]
+            (self._column(0, c), self._column(1, c)) for c in (top, bottom)
+        )  # each [n_clusters, n_strata]
+        moved_top, moved_bottom = top_a - top_b, bottom_a - bottom_b
 
         def statistic(swaps: np.ndarray) -> np.ndarray:  # swaps: [resamples, n], 1 = A and B exchanged
             shift_top, shift_bottom = swaps @ moved_top, swaps @ moved_bottom  # [resamples, n_strata]
-            b = _ratio(top_b @ masks + shift_top, bottom_b @ masks + shift_bottom)
-            a = _ratio(top_a @ masks - shift_top, bottom_a @ masks - shift_bottom)
+            b = _ratio(top_b.sum(axis=0) + shift_top, bottom_b.sum(axis=0) + shift_bottom)
+            a = _ratio(top_a.sum(axis=0) - shift_top, bottom_a.sum(axis=0) - shift_bottom)
             return b.mean(axis=-1) - a.mean(axis=-1)
 
         observed = float(statistic(np.zeros((1, n)))[0])
@@ -269,9 +294,11 @@ class PairedCounts:
         return float(min(1.0, 2 * min(greater, less)))
 
     def subset(self, stratum: int) -> PairedCounts:
-        """The samples of one stratum alone."""
+        """The samples of one stratum alone, in their clusters."""
         keep = self.strata == stratum
-        return PairedCounts(self.columns, self.table[keep], np.zeros(int(keep.sum()), dtype=int))
+        table = np.concatenate([self.table[: self.n][keep], self.table[self.n :][keep]])
+        clusters = np.unique(self.clusters[keep], return_inverse=True)[1]
+        return PairedCounts(self.columns, table, np.zeros(int(keep.sum()), dtype=int), clusters)
 
 
 def paired_difference(
@@ -354,6 +381,7 @@ class Comparison:
     run_b: str
     unit: str
     n_shared: int
+    n_images: int  # the resampled units: one per shared CHAIR image, the images of the shared POPE questions
     n_only_a: int
     n_only_b: int
     warnings: tuple[str, ...]
@@ -369,7 +397,7 @@ class Comparison:
             "confidence": 0.95,
             "tests": {
                 "mcnemar": "exact McNemar (binomial test of discordant pairs)",
-                "permutation": "paired permutation test of the metric (A/B swapped per sample)",
+                "permutation": "paired permutation test of the metric (A/B swapped per image)",
             },
             "metrics": [row.to_dict() for row in self.rows],
         }
@@ -493,16 +521,24 @@ def compare_runs(
         rows = [_row(name, paired, RATIOS[name], _BINARY.get(name), n_resamples, seed) for name in names]
     else:
         splits = list(dict.fromkeys(key[0] for key in shared))
+        images = [a[k]["asked"][0] or b[k]["asked"][0] for k in shared]
+        if None in images:
+            images = None
+            notes.append(
+                "resampling unit: no pope_questions.json names the questions' images, so questions are resampled "
+                "as if independent and the intervals are too narrow"
+            )
         paired = PairedCounts.build(
-            [a[k]["counts"] for k in shared], [b[k]["counts"] for k in shared], [splits.index(k[0]) for k in shared]
-        )
+            [a[k]["counts"] for k in shared], [b[k]["counts"] for k in shared], [splits.index(k[0]) for k in shared],
+            images,
+        )  # fmt: skip
         groups = [(split, paired.subset(i)) for i, split in enumerate(splits)]
         for group, counts in groups + ([("mean", paired)] if len(splits) > 1 else []):
             rows += [_row(f"{group} {name}", counts, POPE_RATIOS[name], _BINARY.get(name), n_resamples, seed)
                      for name in names]  # fmt: skip
     return Comparison(
-        job, str(run_a), str(run_b), unit, len(shared), len(a) - len(shared), len(b) - len(shared), tuple(notes),
-        n_resamples, seed, tuple(rows),
+        job, str(run_a), str(run_b), unit, len(shared), paired.n_clusters, len(a) - len(shared),
+        len(b) - len(shared), tuple(notes), n_resamples, seed, tuple(rows),
     )  # fmt: skip
 
 
@@ -511,7 +547,7 @@ def _row(
 ) -> MetricDifference:
     value_a, value_b = paired.values(*ratio)
     difference = paired.difference(*ratio, n_resamples=n_resamples, seed=seed)
-    if outcome is not None:
+    if outcome is not None and paired.n_clusters == paired.n:  # McNemar needs independent samples
         p_value = paired.mcnemar(outcome, within=None if outcome == "hallucinated_caption" else "parsed")
         return MetricDifference(name, value_a, value_b, difference, p_value, "mcnemar")
     p_value = paired.permutation(*ratio, n_resamples=n_resamples, seed=seed)

@@ -672,8 +672,10 @@ def compare(
         raise OutputLocationError(f"--json {str(json_file)!r}: folder {str(json_file.parent)!r} does not exist")
     result = compare_runs(run_a, run_b, metrics=metric, n_resamples=resamples, seed=seed)
     console.print(f"A: {result.run_a}\nB: {result.run_b}", highlight=False)
+    images = "" if result.unit == "images" else f" of {result.n_images} images (resampled by image)"
     console.print(
-        f"{result.n_shared} shared {result.unit}; left out: {result.n_only_a} only in A, {result.n_only_b} only in B",
+        f"{result.n_shared} shared {result.unit}{images}; left out: {result.n_only_a} only in A, "
+        f"{result.n_only_b} only in B",
         highlight=False,
     )
     for line in result.warnings:
@@ -693,7 +695,7 @@ def comparison_table(result) -> Table:
     table = Table(
         "metric", "A", "B", "B-A", "95% CI", "p", "test",
         title=f"B - A on {result.n_shared} shared {result.unit}, in %",
-        caption=f"McNemar: exact test; perm: paired permutation test ({result.n_resamples} draws)",
+        caption=f"McNemar: exact test; perm: paired permutation test, swaps per image ({result.n_resamples} draws)",
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True,
     )  # fmt: skip
     for row in result.rows:

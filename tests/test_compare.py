@@ -244,3 +244,42 @@ def test_cli_prints_a_table_within_80_columns_and_writes_json(
         main()
     stderr = capsys.readouterr().err
     assert exited.value.code == 2 and "nope" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def _clustered_pope(path: Path, images: int, per_image: int, right: dict[str, list[bool]]) -> tuple[Path, Path]:
+    """Runs A and B of one split, ``per_image`` questions per image; ``right[run][image]``: all its answers right."""
+    questions = [{"question_id": q, "split": "random", "image": f"{q // per_image}.jpg", "text": f"Is there a {q}?",
+                  "label": "yes" if q % 2 else "no"} for q in range(images * per_image)]  # fmt: skip
+    runs = []
+    for name in ("a", "b"):
+        scored = []
+        for q in questions:
+            label = q["label"] == "yes"
+            prediction = label if right[name][int(q["image"].split(".")[0])] else not label
+            scored.append({"question_id": q["question_id"], "split": "random", "label": label,
+                           "prediction": prediction, "correct": prediction == label})  # fmt: skip
+        runs.append(_run(path / name, "pope", scored, questions))
+    return runs[0], runs[1]
+
+
+def test_pope_resamples_and_swaps_whole_images_not_single_questions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    right = {run: (rng.random(40) < p).tolist() for run, p in (("a", 0.6), ("b", 0.8))}
+    result = compare_runs(*_clustered_pope(tmp_path / "big", 40, 5, right), n_resamples=4000)
+    row = {r.metric: r for r in result.rows}["random accuracy"]
+    assert result.unit == "questions" and (result.n_shared, result.n_images) == (200, 40)
+    assert row.test == "permutation"  # McNemar would treat an image's 5 answers as independent
+    d = np.array(right["b"], dtype=float) - np.array(right["a"], dtype=float)  # per image: all 5 answers move alike
+    draws = rng.integers(0, 40, (20000, 40))
+    low, high = np.percentile(d[draws].mean(axis=1), [2.5, 97.5])  # an independent bootstrap over images
+    assert (row.difference.low, row.difference.high) == pytest.approx((low, high), abs=0.026)  # one step: 1/40
+    single = np.repeat(d, 5)[rng.integers(0, 200, (20000, 200))].mean(axis=1)  # questions as if independent
+    assert high - low > 1.8 * (np.percentile(single, 97.5) - np.percentile(single, 2.5))
+
+    few = {"a": [True, False, True, True, False, True, False, True], "b": [True] * 7 + [False]}
+    result = compare_runs(*_clustered_pope(tmp_path / "few", 8, 3, few), n_resamples=2000)
+    d = np.array(few["b"], dtype=float) - np.array(few["a"], dtype=float)
+    null = np.array([np.dot(signs, d) for signs in itertools.product((1, -1), repeat=8)])  # each image swapped or not
+    observed = d.sum()
+    exact = min(1.0, 2 * min(np.mean(null >= observed - 1e-9), np.mean(null <= observed + 1e-9)))
+    assert {r.metric: r for r in result.rows}["random accuracy"].p_value == pytest.approx(exact)
