@@ -209,6 +209,7 @@ class _FirstScores(LogitsProcessor):
 class _LastProcessor(GenerationHook):
     """A generation hook added after the intervention's hooks, so its processor sees their final scores."""
 
+    edits_forwards: ClassVar[bool] = False
     processor: LogitsProcessor
 
     def logits_processors(self, lvlm: Any, batch: Any) -> list[LogitsProcessor]:

@@ -28,6 +28,8 @@ _log = logging.getLogger("halluc")
 class FiringMonitor(GenerationHook, LogitsProcessor):
     """Measures the first-step effect of the interventions named ``methods``; a processor that must run last."""
 
+    edits_forwards = False  # its unedited prefill runs apart, before generation
+
     def __init__(self, methods: list[str]) -> None:
         """Idle until a generate call starts."""
         self.methods = methods

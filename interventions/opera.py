@@ -36,9 +36,12 @@ revived tokens recomputed at the end of its rows (the positions in between are m
 than the length limit are not consulted. A sample without an image gets no image reward (an empty span). When
 OPERA runs with row edits (PAI), it reads the last layer's attention before their edit.
 
-Cost and memory: per step, one forward of the chosen tokens and one per candidate, one token per beam each, on
-the KV cache (candidates are cropped off again); the official code runs as many, but re-encodes the prompt and
-image at every rollback and keeps every step's full attention map. Here only the product of each window column
+Cost and memory: per step, one forward of the chosen tokens (one per beam) and one of all candidates on the KV
+cache, cropped off again: the candidates are parallel branches of a tree (a 4D mask lets each candidate's query
+row see the stored keys and its own key only, all at the next position), which is exactly one forward each. When
+another attached method edits the forwards (``GenerationHook.edits_forwards``; row and head edits act on the last
+query row alone) each candidate gets its own forward instead. The official code runs one forward per candidate,
+re-encodes the prompt and image at every rollback and keeps every step's full attention map. Here only the product of each window column
 over its stored rows is kept per beam (``[rows, length]``), plus the sequences and finished hypotheses of up to
 ``window_size`` past steps for rollbacks. The last layer's probabilities come from an attention function
 registered with transformers' ``AttentionInterface`` for the duration of the decoding loop: it hands every layer to
@@ -113,8 +116,9 @@ class _Decoding(GenerationHook):
 
         def generate(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
             self._refuse(logits_processor, generation_config.num_beams)
+            alone = not any(hook.edits_forwards for hook in lvlm.generation_hooks if hook is not self)
             with use_probe(lvlm) as probe:
-                loop = OperaLoop(lvlm, batch, self.config, probe, generation_config)
+                loop = OperaLoop(lvlm, batch, self.config, probe, generation_config, candidates_together=alone)
                 self.lanes = loop.lanes
                 return loop.run(input_ids, LogitsProcessorList(logits_processor), model_kwargs)
 

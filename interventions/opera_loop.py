@@ -302,9 +302,18 @@ class OperaLoop:
     """OPERA over a batch: ``beams`` rows per sample sharing one KV cache, one forward per candidate and step."""
 
     def __init__(
-        self, lvlm: LVLM, batch: PreparedBatch, config: Any, probe: Probe, generation: GenerationConfig
+        self,
+        lvlm: LVLM,
+        batch: PreparedBatch,
+        config: Any,
+        probe: Probe,
+        generation: GenerationConfig,
+        candidates_together: bool = False,
     ) -> None:
-        """Prepare per-sample lanes; nothing runs yet. ``config``: the ``OPERA`` dataclass."""
+        """Prepare per-sample lanes; nothing runs yet. ``config``: the ``OPERA`` dataclass. ``candidates_together``:
+        run a step's candidates in one forward (see ``candidate_probs``); only when no other method edits the
+        forwards, since row and head edits act on the last query row alone."""
+        self.candidates_together = candidates_together
         device = self.device = lvlm.device
         self.lvlm, self.model, self.batch, self.config, self.probe = lvlm, lvlm.model, batch, config, probe
         eos = generation.eos_token_id
@@ -367,6 +376,36 @@ class OperaLoop:
             self.cache.crop(-1)
         return out.logits[:, -1].float(), self.probe.probs[:, -1]
 
+    def candidate_probs(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Each candidate of ``tokens`` ``[rows, candidates]`` appended alone after the cache: its last-layer
+        probabilities ``[rows, keys + 1]`` over the stored keys and itself; the cache is left as it was.
+
+        Together: all candidates in one forward, as parallel branches of a tree (each query row sees the stored keys
+        and its own key only, at the same position), then cropped off: the same attention as one forward each.
+        """
+        if not self.candidates_together:
+            return [self.forward(tokens[:, c : c + 1], keep=False)[1] for c in range(tokens.shape[1])]
+        rows, count = tokens.shape
+        length = self.key_mask.shape[1]
+        stored = (self.key_mask != 0)[:, None, None, :].expand(rows, 1, count, length)
+        own = torch.eye(count, dtype=torch.bool, device=self.device).expand(rows, 1, count, count)
+        positions = (self.key_mask.sum(dim=1, keepdim=True) + self.offsets).expand(rows, count)
+        self.probe.armed = True
+        try:
+            self.model(
+                input_ids=tokens,
+                attention_mask=torch.cat([stored, own], dim=-1),  # [rows, 1, candidates, keys + candidates]
+                position_ids=positions,
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        finally:
+            self.probe.armed = False
+        self.cache.crop(-count)
+        probs = self.probe.probs  # [rows, candidates, keys + candidates]
+        return [torch.cat([probs[:, c, :length], probs[:, c, length + c, None]], dim=-1) for c in range(count)]
+
     def fold(self, probs: torch.Tensor, scale: float) -> None:
         """Multiply each row's window columns by the newest stored row (``probs`` ``[rows, keys]``, unnormalised)."""
         weights = probs / probs.sum(dim=-1, keepdim=True)
@@ -422,8 +461,7 @@ class OperaLoop:
         index = (self.base[:, None] + columns).clamp(max=length)
         span = torch.nn.functional.pad(self.span, (0, length + 1 - self.span.shape[1]))
         column_scores, image = [], []
-        for candidate in range(config.num_attn_candidates):
-            _, probs = self.forward(tokens[:, candidate : candidate + 1], keep=False)
+        for probs in self.candidate_probs(tokens):
             weights = probs / probs.sum(dim=-1, keepdim=True)  # [rows, length + 1]
             local = 1e-7 * (self.colprod * (config.scale_factor * weights.gather(1, index)))
             column_scores.append(torch.where(columns <= window[:, None], local, -torch.inf))

@@ -14,6 +14,8 @@ __all__ = ["LastScores", "generate_with_scores"]
 class LastScores(GenerationHook, LogitsProcessor):
     """A generation hook whose processor runs after every intervention's and keeps each step's scores."""
 
+    edits_forwards = False
+
     def __init__(self) -> None:
         self.steps: list[torch.Tensor] = []
 

@@ -77,6 +77,27 @@ def test_matches_the_official_algorithm_alone_and_batched(family: str) -> None:
     assert_matches(lvlm, IMAGES, PROMPTS, SMALL, STEPS)  # three prompt lengths, one of them text-only
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_candidates_in_one_forward_match_one_forward_each(family: str) -> None:
+    lvlm = build_tiny(family)
+    forwards: list[int] = []
+    counter = lvlm.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        together = run(lvlm, IMAGES, PROMPTS, SMALL, STEPS)  # alone: the candidates share one forward
+        n_together = len(forwards)
+        undo = add_generation_hook(lvlm, GenerationHook())  # says it may edit forwards: one forward per candidate
+        try:
+            apart = run(lvlm, IMAGES, PROMPTS, SMALL, STEPS)
+        finally:
+            undo()
+        n_apart = len(forwards) - n_together
+    finally:
+        counter.remove()
+    assert torch.equal(together[0], apart[0]) and together[2] == apart[2]
+    torch.testing.assert_close(together[1], apart[1], atol=1e-4, rtol=0)
+    assert n_apart > 1.5 * n_together  # 1 + 3 forwards per step against 1 + 1
+
+
 def test_defaults_match_the_official_algorithm() -> None:
     assert_matches(build_tiny("llava"), IMAGES[:1], PROMPTS[:1], OPERA(), 11)
 

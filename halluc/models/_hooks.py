@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 from halluc.errors import ConfigError
 
@@ -27,7 +27,15 @@ __all__ = ["GenerationHook", "InterventionArg", "SupportsApply", "applied", "reg
 
 
 class GenerationHook:
-    """Told about every ``LVLM.generate_ids`` call; every method is a no-op until a subclass overrides it."""
+    """Told about every ``LVLM.generate_ids`` call; every method is a no-op until a subclass overrides it.
+
+    ``edits_forwards``: whether the method behind this hook changes the model's forwards (module hooks, attention
+    functions). A decoding loop that runs several query rows where generation runs one (OPERA's candidates in one
+    forward) does so only when no attached hook does, since edits may act on the last query row alone. Hooks that
+    only read or process scores set it False.
+    """
+
+    edits_forwards: ClassVar[bool] = True
 
     def on_generate_start(self, lvlm: LVLM, batch: PreparedBatch) -> None:
         """Called before ``model.generate``, e.g. to record this batch's image-token positions."""
