@@ -38,16 +38,17 @@ OPERA runs with row edits (PAI), it reads the last layer's attention before thei
 
 Cost and memory: per step, one forward of the chosen tokens (one per beam) and one of all candidates on the KV
 cache, cropped off again: the candidates are parallel branches of a tree (a 4D mask lets each candidate's query
-row see the stored keys and its own key only, all at the next position), which is exactly one forward each. When
-another attached method edits the forwards (``GenerationHook.edits_forwards``; row and head edits act on the last
-query row alone) each candidate gets its own forward instead. The official code runs one forward per candidate,
-re-encodes the prompt and image at every rollback and keeps every step's full attention map. Here only the product of each window column
-over its stored rows is kept per beam (``[rows, length]``), plus the sequences and finished hypotheses of up to
-``window_size`` past steps for rollbacks. The last layer's probabilities come from an attention function
-registered with transformers' ``AttentionInterface`` for the duration of the decoding loop: it hands every layer to
-the implementation in use before (SDPA, or the row-edit function), and on the last layer also computes the
-softmax of the new query rows, so it works for every family and composes with attention edits. The loop itself
-runs as ``model.generate(custom_generate=...)`` (``GenerationHook.decoding``).
+row see the stored keys and its own key only, all at the next position), the same attention as one forward each
+(to float round-off). When another attached method edits the forwards (``GenerationHook.edits_forwards``; row
+and head edits act on the last query row alone), each candidate gets its own forward instead. The official code
+runs one forward per candidate, re-encodes the prompt and image at every rollback and keeps every step's full
+attention map. Here only the product of each window column over its stored rows is kept per beam (``[rows,
+length]``), plus the sequences and finished hypotheses of up to ``window_size`` past steps for rollbacks. The last
+layer's probabilities come from an attention function registered with transformers' ``AttentionInterface`` for
+the duration of the decoding loop: it hands every layer to the implementation in use before (SDPA, or the
+row-edit function), and on the last layer also computes the softmax of the new query rows, so it works for every
+family and composes with attention edits. The loop itself runs as ``model.generate(custom_generate=...)``
+(``GenerationHook.decoding``).
 """
 
 from __future__ import annotations
