@@ -379,3 +379,31 @@ def test_scoring_into_an_existing_run_is_refused_unless_overwrite(
             main()
         assert exited.value.code == code, capsys.readouterr()
     assert len(read_records(out / "samples.jsonl")) == 3
+
+
+def test_the_real_released_outputs_through_halluc_score_give_the_published_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from halluc.cli import main
+
+    def score(*args: str) -> dict:
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        monkeypatch.setattr(sys, "argv", ["halluc", "score", *args, "--out", str(out)])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    chair_dir = REAL.parent / "chair"
+    gt = str(chair_dir / "coco2014_gt_objects_pattern_subset.json.gz")  # the ground truth of OPERA's table
+    for log, chair_s, chair_i in (("beam5", 48.8, 13.9), ("ours", 44.6, 12.8)):  # OPERA's Table 1, LLaVA-1.5-7B
+        metrics = score("chair", str(chair_dir / f"opera_llava15_{log}.jsonl.gz"), "--gt-file", gt)
+        assert (round(100 * metrics["CHAIR_s"], 1), round(100 * metrics["CHAIR_i"], 1)) == (chair_s, chair_i), log
+    labels = [arg for s in pope.SPLITS for arg in ("--labels", str(REAL / f"questions_e3e3926/coco_pope_{s}.json.gz"))]
+    metrics = score(
+        "pope", str(REAL / "answers/llava-v1.5-13b.jsonl.gz"),
+        "--questions", str(REAL / "answers/llava_pope_test_questions.jsonl.gz"), *labels,
+    )  # fmt: skip
+    for split, expected in LLAVA_13B.items():  # the published LLaVA-1.5-13B table
+        got = tuple(round(100 * metrics[split][k], 2) for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))
+        assert got == expected, split
