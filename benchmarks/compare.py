@@ -11,7 +11,8 @@ rows resample each image with its questions of every split). Paired tests, two-s
 
 * CHAIR_s is the share of a binary outcome per image (the caption hallucinates): exact McNemar test, a binomial
   test of the discordant pairs (``scipy.stats.binomtest``). POPE accuracy, also binary per question, takes the
-  permutation test below instead, since McNemar assumes independent questions.
+  permutation test below instead, since McNemar assumes independent questions; only when no run names the
+  questions' images (each question then its own unit, with a warning) does accuracy get McNemar.
 * The other metrics: a paired permutation test of the metric itself (each image's two outputs swapped at random,
   exact when 2**n <= resamples; ``scipy.stats.permutation_test``'s rule, vectorised), not Wilcoxon signed-rank on
   per-image hallucinated-mention counts, which tests another quantity: CHAIR_i divides by all mentions, so a method
@@ -198,6 +199,9 @@ class PairedCounts:
         cluster ``clusters[i]``: any hashable label; by default every sample is its own cluster)."""
         if len(a) != len(b):
             raise InputDataError(f"paired counts need the same samples in both runs; got {len(a)} and {len(b)}")
+        for name, labels in (("strata", strata), ("clusters", clusters)):
+            if labels is not None and len(labels) != len(a):
+                raise InputDataError(f"paired counts need one of {name} per sample; got {len(labels)} for {len(a)}")
         columns = tuple(a[0]) if a else ()
         table = np.array([[c[k] for k in columns] for c in (*a, *b)], dtype=float).reshape(-1, len(columns))
         strata = np.zeros(len(a), dtype=int) if strata is None else np.asarray(strata, dtype=int)

@@ -672,7 +672,8 @@ def compare(
         raise OutputLocationError(f"--json {str(json_file)!r}: folder {str(json_file.parent)!r} does not exist")
     result = compare_runs(run_a, run_b, metrics=metric, n_resamples=resamples, seed=seed)
     console.print(f"A: {result.run_a}\nB: {result.run_b}", highlight=False)
-    images = "" if result.unit == "images" else f" of {result.n_images} images (resampled by image)"
+    by_image = result.unit != "images" and result.n_images < result.n_shared
+    images = f" of {result.n_images} images (resampled by image)" if by_image else ""
     console.print(
         f"{result.n_shared} shared {result.unit}{images}; left out: {result.n_only_a} only in A, "
         f"{result.n_only_b} only in B",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import pope
-from benchmarks.compare import compare_runs
+from benchmarks.compare import PairedCounts, compare_runs
 from halluc.errors import ConfigError, InputDataError
 
 MANIFEST = {"model": "toy", "images": {"name": "toy:shift"}, "prompt": "Describe.", "settings": {"max_new_tokens": 64}}
@@ -283,3 +283,26 @@ def test_pope_resamples_and_swaps_whole_images_not_single_questions(tmp_path: Pa
     observed = d.sum()
     exact = min(1.0, 2 * min(np.mean(null >= observed - 1e-9), np.mean(null <= observed + 1e-9)))
     assert {r.metric: r for r in result.rows}["random accuracy"].p_value == pytest.approx(exact)
+
+
+def test_cli_says_by_image_only_when_images_hold_several_questions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from halluc.cli import main
+
+    right = {"a": [True, False] * 4, "b": [True] * 8}
+    cases = ((3, "24 shared questions of 8 images (resampled by image);"), (1, "8 shared questions;"))
+    for per_image, expected in cases:
+        runs = _clustered_pope(tmp_path / str(per_image), 8, per_image, right)
+        monkeypatch.setattr(sys, "argv", ["halluc", "compare", *map(str, runs), "--resamples", "200"])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        printed = capsys.readouterr().out
+        assert exited.value.code == 0 and expected in printed, printed
+
+
+def test_paired_counts_refuse_labels_of_another_length() -> None:
+    counts = [{"hit": 1}, {"hit": 0}]
+    for options, name in (({"strata": [0]}, "strata"), ({"clusters": ["x", "y", "z"]}, "clusters")):
+        with pytest.raises(InputDataError, match=f"one of {name} per sample"):
+            PairedCounts.build(counts, counts, **options)

@@ -92,9 +92,10 @@ def _paired(runs: list[data.Run], baseline: data.Run) -> None:
             frame.style.format("{:.3f}", subset=numbers, na_rep="-").format("{:.4f}", subset=["p"], na_rep="-")
         )
     st.caption(
-        "Difference = run - baseline (fractions) with its 95% percentile bootstrap CI over the shared samples (images "
-        "for CHAIR, questions for POPE); p: exact McNemar test (CHAIR_s, accuracy) or paired permutation test (the "
-        "others), 2,000 resamples; the same numbers as `halluc compare BASELINE RUN`."
+        "Difference = run - baseline (fractions) with its 95% percentile bootstrap CI, resampling the shared images "
+        "(for POPE each image with all its questions); p: exact McNemar test (CHAIR_s) or paired permutation test "
+        "swapping each image's two outputs (the others), 2,000 resamples; the same numbers as "
+        "`halluc compare BASELINE RUN`."
     )
 
 
