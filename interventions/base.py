@@ -248,7 +248,6 @@ def check_decoding(config: Intervention | Composite | None, num_beams: int) -> N
                 "step, which a contrast branch or a processor reading the step's forward cannot follow; drop them, "
                 "or turn their part off (e.g. cfg=false, vista:alpha=0)"
             )
-        num_beams = beams
     blocked = [part.to_spec() for part in parts if part.follows_one_row_per_sample()]
     if num_beams > 1 and blocked:
         raise ConfigError(

@@ -95,7 +95,7 @@ class OPERA(Intervention):
             raise ConfigError(f"opera: penalty_weights must be >= 0, got {self.penalty_weights!r}")
 
     def own_decoding_beams(self) -> int:
-        """OPERA's own beam search, with a forward per candidate each step."""
+        """OPERA's own beam search, which scores each step's candidate tokens with extra forwards."""
         return self.num_beams
 
     def install(self, lvlm: LVLM, handle: Handle) -> None:

@@ -299,7 +299,8 @@ class Lane:
 
 # ----- the batch ----------------------------------------------------------------------------------------------------
 class OperaLoop:
-    """OPERA over a batch: ``beams`` rows per sample sharing one KV cache, one forward per candidate and step."""
+    """OPERA over a batch: ``beams`` rows per sample sharing one KV cache; a step's candidates scored in one forward
+    (a tree mask) or, when other methods edit the forwards, one forward per candidate."""
 
     def __init__(
         self,
@@ -417,7 +418,9 @@ class OperaLoop:
 
     def rebuild(self, lane: Lane) -> torch.Tensor:
         """Recompute a revived sample's new tokens on its prompt cache, write them at the end of its rows (the
-        positions between prompt and them masked), refold its columns; returns the revived step's logits."""
+        positions between prompt and them masked), refold its columns; returns the revived step's logits. The
+        tokens go in one forward, or one forward each when other methods edit the forwards (their row and head
+        edits act on the last query row, as when the tokens were first decoded)."""
         rows, prompt, seqs = lane.rows, self.batch.prompt_length, lane.seqs
         count, length = seqs.shape[1], self.key_mask.shape[1]
         own = DynamicCache()
@@ -425,22 +428,25 @@ class OperaLoop:
             own.update(entry.keys[rows, :, :prompt], entry.values[rows, :, :prompt], layer)
         prompt_mask = self.key_mask[rows, :prompt]
         positions = prompt_mask.sum(dim=1, keepdim=True) + self.offsets[rows] + torch.arange(count, device=self.device)
+        chunks = [(0, count)] if self.candidates_together else [(i, i + 1) for i in range(count)]
+        probs = []  # per chunk [beams, its tokens, keys]: each token's attention row
         self.probe.armed = True
         try:
-            out = self.model(
-                input_ids=seqs,
-                attention_mask=torch.cat([prompt_mask, torch.ones_like(seqs)], dim=1),
-                position_ids=positions,
-                cache=own,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            for start, end in chunks:
+                out = self.model(
+                    input_ids=seqs[:, start:end],
+                    attention_mask=torch.cat([prompt_mask, torch.ones_like(seqs[:, :end])], dim=1),
+                    position_ids=positions[:, start:end],
+                    cache=own,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                probs += list(self.probe.probs.unbind(dim=1))
         finally:
             self.probe.armed = False
-        probs = self.probe.probs  # [beams, count, prompt + count]
         self.colprod[rows] = 1.0
         for i in range(count):
-            weights = probs[:, i] / probs[:, i].sum(dim=-1, keepdim=True)
+            weights = probs[i] / probs[i].sum(dim=-1, keepdim=True)
             self.colprod[rows, : i + 1] *= self.config.scale_factor * weights[:, prompt : prompt + i + 1]
         for entry, rebuilt in zip(self.cache.layers, own.layers, strict=True):
             entry.keys[rows, :, length - count :] = rebuilt.keys[:, :, prompt:]

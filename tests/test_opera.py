@@ -110,6 +110,29 @@ def test_rollbacks_happen_and_match_alone_and_batched() -> None:
     assert any(run.rollbacks for run in batched)
 
 
+def test_with_forward_edits_every_token_after_the_prompt_gets_its_own_forward() -> None:
+    """PAI's edit acts on the last query row, so under it the candidates and the tokens a rollback recomputes go
+    one per forward, as when they were first decoded; alone, OPERA batches them."""
+    lvlm = build_tiny("llava")
+    prompt = lvlm.prepare(IMAGES[:1], PROMPTS[:1]).prompt_length
+    widths: list[int] = []
+
+    def record(_module, args, kwargs) -> None:  # the new tokens' forwards, not the prompt's (edited and unedited)
+        tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        if tokens.shape[1] != prompt:
+            widths.append(tokens.shape[1])
+
+    hook = lvlm.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _, _, edited = run(lvlm, IMAGES[:1], PROMPTS[:1], ROLLING, 16, PAI(alpha=3.0, cfg=False))
+        edited_widths, widths[:] = list(widths), []
+        _, _, alone = run(lvlm, IMAGES[:1], PROMPTS[:1], ROLLING, 16)
+    finally:
+        hook.remove()
+    assert edited[0]["opera"]["rollbacks"] and alone[0]["opera"]["rollbacks"]
+    assert set(edited_widths) == {1} and max(widths) > 1
+
+
 def test_reports_what_it_did() -> None:
     _, _, firing = run(build_tiny("llava"), IMAGES, PROMPTS, SMALL, STEPS)
     for sample in firing:
