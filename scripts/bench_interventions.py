@@ -102,9 +102,14 @@ def ours(lvlm: LVLM, config: Intervention | None, images: list[Image.Image], new
     return out.tolist()
 
 
+def batch_sizes(batch: int) -> tuple[int, ...]:
+    """The batch sizes timed: 1 and ``batch`` (once when ``batch`` is 1)."""
+    return (1,) if batch == 1 else (1, batch)
+
+
 def bench_opera(lvlm: LVLM, images: list[Image.Image], new_tokens: int, repeats: int, clock: Callable) -> None:
     """OPERA vs greedy and beam search 5 (tokens/s, fixed length), and vs its eager reference at equal output."""
-    config, sizes = OPERA(), (1, len(images))
+    config, sizes = OPERA(), batch_sizes(len(images))
     prompts = [DESCRIBE_PROMPT] * len(images)
 
     def fixed(size: int, **kwargs: object) -> None:
@@ -206,7 +211,7 @@ def isolated_run(args: argparse.Namespace, system: str, size: int) -> dict[str, 
 def bench_isolated(args: argparse.Namespace) -> None:
     """Every system at batch 1 and ``--batch``, each run in its own process; prints tokens/s, the ratio to
     vanilla greedy (OPERA's also to beam search 5) and the peak resident set at the larger batch."""
-    sizes, n = (1, args.batch), args.new_tokens
+    sizes, n = batch_sizes(args.batch), args.new_tokens
     results: dict[tuple[str, int], dict[str, float]] = {}
     spawn = multiprocessing.get_context("spawn")
     jobs = [(system, size) for system in SYSTEMS for size in sizes]
@@ -260,6 +265,8 @@ def main() -> None:
         help="process: CPU seconds of this process (robust on a shared machine when --threads 1); wall: real time",
     )
     args = parser.parse_args()
+    if args.only_opera and (args.isolated or args.llava_proportions):
+        parser.error("--only-opera times OPERA in one process; --isolated and --llava-proportions run every system")
     if not Path(args.model).is_dir():
         parser.error(f"no model at {args.model}; train it (scripts/train_toy_lvlm.py) or pass --model PATH")
     if args.isolated or args.llava_proportions:
@@ -275,7 +282,7 @@ def main() -> None:
         with torch.inference_mode():
             bench_opera(lvlm, images, n, args.repeats, CLOCKS[args.clock])
         return
-    sizes = (1, args.batch)
+    sizes = batch_sizes(args.batch)
     runs = {
         (name, size, tokens): (lambda c=config, s=size, t=tokens: ours(lvlm, c, images[:s], t))
         for name, config in METHODS.items()

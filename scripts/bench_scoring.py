@@ -28,6 +28,11 @@ DEFAULT_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / 
 LOGS = ("greedy", "beam5", "ours")
 
 
+def _report(label: str, count: int, unit: str, seconds: float) -> None:
+    """One row of the table: what was scored, how long it took, how many per second."""
+    print(f"{label:<12} {count:>5} {unit:<9} {seconds:6.2f} s  {count / seconds:8.0f} {unit}/s")
+
+
 def _rate(label: str, logs: list[list[dict]], gt: dict) -> float:
     """Score each log (one caption per image) once, print and return captions per second over all."""
     start = time.perf_counter()
@@ -35,7 +40,7 @@ def _rate(label: str, logs: list[list[dict]], gt: dict) -> float:
         score_records(records, gt)
     seconds = time.perf_counter() - start
     n = sum(len(records) for records in logs)
-    print(f"{label:<12} {n:>5} captions  {seconds:6.2f} s  {n / seconds:8.0f} captions/s")
+    _report(label, n, "captions", seconds)
     return n / seconds
 
 
@@ -49,7 +54,7 @@ def _score_files(chair_dir: Path, pope_dir: Path, out: Path) -> None:
         for log in LOGS
     )
     seconds = time.perf_counter() - start
-    print(f"{'score chair':<12} {captions:>5} captions  {seconds:6.2f} s  {captions / seconds:8.0f} captions/s")
+    _report("score chair", captions, "captions", seconds)
     start = time.perf_counter()
     result = score_pope_file(
         pope_dir / "answers/llava-v1.5-13b.jsonl.gz",
@@ -59,7 +64,7 @@ def _score_files(chair_dir: Path, pope_dir: Path, out: Path) -> None:
     )
     seconds = time.perf_counter() - start
     answers = sum(result.metrics[split]["n"] for split in SPLITS)
-    print(f"{'score pope':<12} {answers:>5} answers   {seconds:6.2f} s  {answers / seconds:8.0f} answers/s")
+    _report("score pope", answers, "answers", seconds)
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ first token.
 POPE questions are built as ``halluc pope`` builds them (all three splits). For each question, at the first answer
 token: the log-odds of the token that opens the model's "yes" answers against the one that opens its "no" answers
 (read from the model's own greedy answers), from the final layer and from each of DoLa's candidate early exits
-(``lm_head`` of the hidden state entering the layer, unnormed, as :mod:`interventions.dola` does); and the token
-DoLa's contrast (:func:`interventions.dola.dola_contrast`, default ``relative_top``) picks. Reported separately for
+(``lm_head`` of the hidden state entering the layer, unnormed, as :mod:`interventions.dola` does); and whether the
+"yes" token is the arg-max over the vocabulary, as greedy decoding picks it, of the final logits and of DoLa's
+contrast (:func:`interventions.dola.dola_contrast`, default ``relative_top``). Reported separately for
 questions whose object is present and absent: where the early exit already separates them as well as the final
 layer, the contrast "final minus early" subtracts the image evidence instead of amplifying it.
 """
@@ -38,6 +39,9 @@ def opening_tokens(lvlm: LVLM, batches: list[tuple[list[Image.Image], list[str]]
         ids = lvlm.generate_ids(lvlm.prepare(images, prompts), max_new_tokens=4)
         for row, text in zip(ids, lvlm.processor.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
             opening[bool(pope.parse_answer(text))][int(row[0])] += 1
+    missing = [name for side, name in ((True, "yes"), (False, "no")) if not opening[side]]
+    if missing:
+        raise SystemExit(f"the model never answered {missing[0]!r} to these questions: no opening token to read")
     yes, no = (opening[side].most_common(1)[0][0] for side in (True, False))
     if yes == no:
         raise SystemExit(f"yes and no answers open with the same token ({yes}): first-token odds tell nothing")
@@ -56,9 +60,10 @@ def main() -> None:
     questions = pope_questions(images, n_images=args.n_images)
     lvlm = load_lvlm(args.model or default_model(), dtype="float32")
     by_name = {name: image_id for image_id, name in images.file_names.items()}
+    opened = {name: Image.open(images.path(by_name[name])).convert("RGB") for name in {q.image for q in questions}}
     batches = [
         (
-            [Image.open(images.path(by_name[q.image])).convert("RGB") for q in chunk],
+            [opened[q.image] for q in chunk],
             [pope.pope_prompt(q.text) for q in chunk],
         )
         for chunk in (questions[i : i + args.batch_size] for i in range(0, len(questions), args.batch_size))
@@ -66,17 +71,18 @@ def main() -> None:
     layers = DoLa().candidates(lvlm)
     with torch.inference_mode():
         yes, no = opening_tokens(lvlm, batches)
-        final, early, picked = [], [], []
+        final, early, greedy_picked, dola_picked = [], [], [], []
         for batch_images, prompts in tqdm(batches, desc="questions", unit="batch"):
             out = lvlm.model(**lvlm.prepare(batch_images, prompts).inputs, output_hidden_states=True)
             logits = out.logits[:, -1].float()  # [rows, vocab]
             exits = torch.stack([lvlm.lm_head(out.hidden_states[layer][:, -1]).float() for layer in layers])
             final.append(logits.log_softmax(-1)[:, [yes, no]])
             early.append(exits.log_softmax(-1)[:, :, [yes, no]])  # [layers, rows, 2]
-            picked.append(dola_contrast(logits, exits, DoLa().relative_top)[0].argmax(-1))
+            greedy_picked.append(logits.argmax(-1))
+            dola_picked.append(dola_contrast(logits, exits, DoLa().relative_top)[0].argmax(-1))
     odds = torch.cat(final).diff(dim=-1).neg().squeeze(-1).numpy()  # log p(yes) - log p(no)
     early_odds = torch.cat(early, dim=1).diff(dim=-1).neg().squeeze(-1).numpy()  # [layers, questions]
-    dola_yes = (torch.cat(picked) == yes).numpy()
+    greedy_yes, dola_yes = ((torch.cat(picked) == yes).numpy() for picked in (greedy_picked, dola_picked))
     present = np.array([bool(q.label) for q in questions])
     print(f"{lvlm}; {len(questions)} questions on {args.images}; DoLa candidate layers {layers}")
     print(f"{'':30}{'present':>10}{'absent':>10}{'all':>10}")
@@ -88,9 +94,9 @@ def main() -> None:
     line("final log-odds yes - no", odds, "+.2f")
     for layer, values in zip(layers, early_odds, strict=True):
         line(f"early exit {layer} log-odds", values, "+.2f")
-    line("greedy answers yes (share)", odds > 0, ".3f")
+    line("greedy answers yes (share)", greedy_yes, ".3f")
     line("DoLa answers yes (share)", dola_yes, ".3f")
-    line("greedy accuracy", (odds > 0) == present, ".3f")
+    line("greedy accuracy", greedy_yes == present, ".3f")
     line("DoLa accuracy", dola_yes == present, ".3f")
 
 
