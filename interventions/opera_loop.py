@@ -359,23 +359,31 @@ class OperaLoop:
         """
         mask = torch.cat([self.key_mask, torch.ones_like(tokens)], dim=1)
         positions = self.key_mask.sum(dim=1, keepdim=True) + self.offsets  # [rows, 1]
+        logits, probs = self.probed(tokens, mask, positions, self.cache)
+        if keep:
+            self.key_mask = mask
+        else:
+            self.cache.crop(-1)
+        return logits, probs[:, -1]
+
+    def probed(
+        self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of ``tokens`` after ``cache`` (which it extends) with the probe armed: the last position's
+        logits ``[rows, vocab]`` and the last layer's probabilities ``[rows, queries, keys]``."""
         self.probe.armed = True
         try:
             out = self.model(
                 input_ids=tokens,
                 attention_mask=mask,
                 position_ids=positions,
-                cache=self.cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         finally:
             self.probe.armed = False
-        if keep:
-            self.key_mask = mask
-        else:
-            self.cache.crop(-1)
-        return out.logits[:, -1].float(), self.probe.probs[:, -1]
+        return out.logits[:, -1].float(), self.probe.probs
 
     def candidate_probs(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Each candidate of ``tokens`` ``[rows, candidates]`` appended alone after the cache: its last-layer
@@ -391,20 +399,9 @@ class OperaLoop:
         stored = (self.key_mask != 0)[:, None, None, :].expand(rows, 1, count, length)
         own = torch.eye(count, dtype=torch.bool, device=self.device).expand(rows, 1, count, count)
         positions = (self.key_mask.sum(dim=1, keepdim=True) + self.offsets).expand(rows, count)
-        self.probe.armed = True
-        try:
-            self.model(
-                input_ids=tokens,
-                attention_mask=torch.cat([stored, own], dim=-1),  # [rows, 1, candidates, keys + candidates]
-                position_ids=positions,
-                cache=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        finally:
-            self.probe.armed = False
+        mask = torch.cat([stored, own], dim=-1)  # [rows, 1, candidates, keys + candidates]
+        _, probs = self.probed(tokens, mask, positions, self.cache)  # [rows, candidates, keys + candidates]
         self.cache.crop(-count)
-        probs = self.probe.probs  # [rows, candidates, keys + candidates]
         return [torch.cat([probs[:, c, :length], probs[:, c, length + c, None]], dim=-1) for c in range(count)]
 
     def fold(self, probs: torch.Tensor, scale: float) -> None:
@@ -429,21 +426,11 @@ class OperaLoop:
         prompt_mask = self.key_mask[rows, :prompt]
         positions = prompt_mask.sum(dim=1, keepdim=True) + self.offsets[rows] + torch.arange(count, device=self.device)
         chunks = [(0, count)] if self.candidates_together else [(i, i + 1) for i in range(count)]
-        probs = []  # per chunk [beams, its tokens, keys]: each token's attention row
-        self.probe.armed = True
-        try:
-            for start, end in chunks:
-                out = self.model(
-                    input_ids=seqs[:, start:end],
-                    attention_mask=torch.cat([prompt_mask, torch.ones_like(seqs[:, :end])], dim=1),
-                    position_ids=positions[:, start:end],
-                    cache=own,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                probs += list(self.probe.probs.unbind(dim=1))
-        finally:
-            self.probe.armed = False
+        probs = []  # each token's last-layer attention row [beams, keys]
+        for start, end in chunks:
+            mask = torch.cat([prompt_mask, torch.ones_like(seqs[:, :end])], dim=1)
+            logits, rows_probs = self.probed(seqs[:, start:end], mask, positions[:, start:end], own)
+            probs += list(rows_probs.unbind(dim=1))
         self.colprod[rows] = 1.0
         for i in range(count):
             weights = probs[i] / probs[i].sum(dim=-1, keepdim=True)
@@ -454,7 +441,7 @@ class OperaLoop:
         self.key_mask[rows, prompt:] = 0
         self.key_mask[rows, length - count :] = 1
         self.base[rows] = length - count
-        return out.logits[:, -1].float()
+        return logits
 
     # ----- one step -------------------------------------------------------------------------------------------
     def penalised(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
