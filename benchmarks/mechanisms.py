@@ -66,6 +66,7 @@ __all__ = [
     "evaluate_checks",
     "first_mentions",
     "fit_probes",
+    "image_attention_by_layer",
     "image_attention_mass",
     "image_features",
     "in_scene_share",
@@ -122,15 +123,19 @@ def in_scene_share(distribution: Mapping[str, float], categories: Sequence[str])
     return float(sum(distribution.get(c, 0.0) for c in categories))
 
 
-def image_attention_mass(attentions: Sequence[torch.Tensor], image_keys: torch.Tensor) -> torch.Tensor:
-    """``[batch, queries]`` attention probability on the image keys, mean over layers and heads.
+def image_attention_by_layer(attentions: Sequence[torch.Tensor], image_keys: torch.Tensor) -> torch.Tensor:
+    """``[layers, batch, queries]`` attention probability on the image keys, mean over heads.
 
     ``attentions``: one ``[batch, heads, queries, keys]`` tensor per layer (``output_attentions=True``);
     ``image_keys``: ``[batch, keys]`` bool, True at image-token positions.
     """
     keys = image_keys.to(attentions[0].dtype)[:, None, None, :]  # [batch, 1, 1, keys]
-    per_layer = [(layer * keys).sum(dim=-1).mean(dim=1) for layer in attentions]  # each [batch, queries]
-    return torch.stack(per_layer).mean(dim=0)
+    return torch.stack([(layer * keys).sum(dim=-1).mean(dim=1) for layer in attentions])
+
+
+def image_attention_mass(attentions: Sequence[torch.Tensor], image_keys: torch.Tensor) -> torch.Tensor:
+    """``[batch, queries]`` attention probability on the image keys, mean over layers and heads (the check's)."""
+    return image_attention_by_layer(attentions, image_keys).mean(dim=0)
 
 
 def rate_by_sentence(details: list[dict]) -> dict[str, float]:
@@ -345,6 +350,7 @@ class TokenTrace:
     logp_image: list[float]
     logp_text: list[float]
     attention: list[float]  # image-attention mass of the step that emits the token (query = previous position)
+    attention_by_layer: list[list[float]] = field(default_factory=list)  # the same per layer: [token][layer]
 
 
 def teacher_force(
@@ -371,15 +377,21 @@ def teacher_force(
             keys = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=answer_ids.device)
             for row, positions in enumerate(batch.image_positions):
                 keys[row, positions] = True
-            mass = image_attention_mass(out.attentions, keys)
-            mass = mass[:, batch.prompt_length - 1 : batch.prompt_length - 1 + answer_ids.shape[1]]
+            emitting = slice(batch.prompt_length - 1, batch.prompt_length - 1 + answer_ids.shape[1])
+            by_layer = image_attention_by_layer(out.attentions, keys)[:, :, emitting]  # [layers, rows, answer]
+            mass = by_layer.mean(dim=0)
             text = lvlm.text_only(batch)
             text_inputs, _ = _continuation_inputs(lvlm, text, chunk)
             logp_text = _answer_logprobs(lvlm.model(**text_inputs).logits, answer_ids, text.prompt_length)
             for row, answer in enumerate(chunk):
                 n = len(answer)
                 traces.append(
-                    TokenTrace(logp_image[row, :n].tolist(), logp_text[row, :n].tolist(), mass[row, :n].tolist())
+                    TokenTrace(
+                        logp_image[row, :n].tolist(),
+                        logp_text[row, :n].tolist(),
+                        mass[row, :n].tolist(),
+                        by_layer[:, row, :n].T.tolist(),
+                    )
                 )
     return traces
 
@@ -416,6 +428,7 @@ class MentionRecord:
     attention: float  # image-attention mass at the emitting step, mean over layers and heads
     logp_image: float  # log p(noun tokens | image, prefix)
     logp_text: float  # log p(noun tokens | prefix), image removed
+    attention_by_layer: tuple[float, ...] = ()  # image-attention mass at the emitting step, per layer (diagnostic)
 
     @property
     def image_effect(self) -> float:
@@ -464,6 +477,7 @@ def _mention_records(description: Description, score: chair.CaptionScore, trace:
                 attention=trace.attention[tokens[0]],
                 logp_image=float(sum(trace.logp_image[k] for k in tokens)),
                 logp_text=float(sum(trace.logp_text[k] for k in tokens)),
+                attention_by_layer=tuple(trace.attention_by_layer[tokens[0]]) if trace.attention_by_layer else (),
             )
         )
     return records
@@ -479,7 +493,8 @@ def compare_mentions(
     """Hallucinated minus grounded first mentions for attention, image effect and text-only p, with image CIs.
 
     ``matched``: within token-position bins of ``bin_width`` (the check); ``by_sentence``: within sentence index;
-    ``unmatched``: plain difference of means, for reference.
+    ``unmatched``: plain difference of means, for reference. ``attention_by_layer``: the matched attention
+    difference of each layer (a diagnostic of where the check's layer mean comes from), when the records have it.
     """
     images = list(dict.fromkeys(r.image_id for r in records))  # resampling units: images with a first mention
     by_image: dict[int | str, list[MentionRecord]] = defaultdict(list)
@@ -492,24 +507,32 @@ def compare_mentions(
     }
     flags = [np.array([r.hallucinated for r in by_image[i]], bool) for i in images]
     groups = {name: [np.array([f(r) for r in by_image[i]], int) for i in images] for name, f in strata.items()}
-    result: dict[str, dict[str, Any]] = {}
+
+    def difference(read: Callable[[MentionRecord], float], name: str) -> dict[str, Any]:
+        """Hallucinated minus grounded of ``read`` within the strata ``name``, with its bootstrap CI over images."""
+        values = [np.array([read(r) for r in by_image[i]], float) for i in images]
+
+        def statistic(idx: np.ndarray) -> float:
+            return stratified_difference(
+                np.concatenate([values[i] for i in idx]),
+                np.concatenate([flags[i] for i in idx]),
+                np.concatenate([groups[name][i] for i in idx]),
+            )
+
+        return bootstrap_by_image(len(images), statistic, n_resamples=n_resamples, seed=seed).to_dict()
+
+    result: dict[str, Any] = {}
     for measure in ("attention", "image_effect", "p_text"):
-        values = [np.array([getattr(r, measure) for r in by_image[i]], float) for i in images]
         result[measure] = {
             "hallucinated_mean": _mean([getattr(r, measure) for r in records if r.hallucinated]),
             "grounded_mean": _mean([getattr(r, measure) for r in records if not r.hallucinated]),
         }
         for name in strata:
-
-            def statistic(idx: np.ndarray, values: list = values, stratum: list = groups[name]) -> float:
-                return stratified_difference(
-                    np.concatenate([values[i] for i in idx]),
-                    np.concatenate([flags[i] for i in idx]),
-                    np.concatenate([stratum[i] for i in idx]),
-                )
-
-            interval = bootstrap_by_image(len(images), statistic, n_resamples=n_resamples, seed=seed)
-            result[measure][name] = interval.to_dict()
+            result[measure][name] = difference(lambda r, m=measure: getattr(r, m), name)
+    layers = min((len(r.attention_by_layer) for r in records), default=0)
+    result["attention_by_layer"] = [
+        difference(lambda r, k=k: r.attention_by_layer[k], "matched") for k in range(layers)
+    ]
     result["counts"] = {
         "images": len(images),
         "hallucinated": sum(r.hallucinated for r in records),

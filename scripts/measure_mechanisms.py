@@ -72,6 +72,8 @@ def table(report: dict[str, Any]) -> str:
     for name, summary in probes.items():
         if name not in ("check_uses", probes["check_uses"]):
             rows.append((f"(info) probe fit on {name}", _probe(summary), "> 0.5", ""))
+    for layer, interval in enumerate(mentions.get("attention_by_layer", [])):
+        rows.append((f"(info) image attention, halluc. - grounded, layer {layer}", _ci(interval), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 

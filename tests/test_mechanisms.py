@@ -30,6 +30,9 @@ def test_image_attention_mass_is_the_mean_over_layers_and_heads_of_the_image_key
     # query 0: layer0 heads 0.5, 1.0; layer1 heads 0.0, 0.8 -> mean 0.575; query 1: 0.8, 0.0, 0.7, 1.0 -> 0.625
     assert mass.shape == (1, 2)
     assert mass[0].tolist() == pytest.approx([0.575, 0.625])
+    by_layer = mech.image_attention_by_layer([layer0, layer1], keys)  # layer0: 0.75, 0.4; layer1: 0.4, 0.85
+    assert by_layer.shape == (2, 1, 2)
+    assert by_layer[:, 0].tolist() == [pytest.approx([0.75, 0.4]), pytest.approx([0.4, 0.85])]
 
 
 def test_category_distribution_sums_synonyms_and_normalises() -> None:
@@ -122,7 +125,9 @@ def test_attention_decay_spearman_is_negative_for_decaying_mass() -> None:
 
 
 def _record(image: int, hallucinated: bool, position: int, attention: float) -> mech.MentionRecord:
-    return mech.MentionRecord(image, "cup", "cup", hallucinated, position, 0, 1, attention, -1.0, -2.0)
+    """A first mention whose layer 0 has the given attention and layer 1 twice it."""
+    layers = (attention, 2 * attention)
+    return mech.MentionRecord(image, "cup", "cup", hallucinated, position, 0, 1, attention, -1.0, -2.0, layers)
 
 
 def test_compare_mentions_matches_by_position_bin() -> None:
@@ -140,6 +145,8 @@ def test_compare_mentions_matches_by_position_bin() -> None:
     assert result["attention"]["unmatched"]["estimate"] == pytest.approx(0.25 - 0.4)
     assert result["image_effect"]["matched"]["estimate"] == pytest.approx(0.0)
     assert result["counts"] == {"images": 3, "hallucinated": 2, "grounded": 4}
+    layers = [interval["estimate"] for interval in result["attention_by_layer"]]
+    assert layers == [pytest.approx(-0.15), pytest.approx(-0.30)]
 
 
 def test_probes_read_presence_from_features() -> None:
@@ -233,6 +240,8 @@ def test_teacher_force_matches_unbatched_forwards_and_restores_attention() -> No
             mass = mech.image_attention_mass(out.attentions, keys[None])[0]
             p = batch.prompt_length
             assert trace.attention == pytest.approx(mass[p - 1 : p - 1 + len(answer)].tolist(), abs=1e-5)
+            by_layer = mech.image_attention_by_layer(out.attentions, keys[None])[:, 0, p - 1 : p - 1 + len(answer)]
+            assert np.array(trace.attention_by_layer) == pytest.approx(by_layer.T.numpy(), abs=1e-5)
             assert all(0.0 <= m <= 1.0 for m in trace.attention)
     finally:
         lvlm.set_attn_implementation(before)
