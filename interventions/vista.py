@@ -127,9 +127,10 @@ class _Steering(GenerationHook):
         return hook
 
     def on_generate_start(self, lvlm: LVLM, batch: PreparedBatch) -> None:
-        """Steering vectors from one paired prefill (image rows, then their text-only twins), unsteered."""
+        """Steering vectors from one paired prefill (image rows, then their text-only twins), unsteered; none
+        without images or without steering (strength 0)."""
         self.vectors, self.last, self.armed = {}, {}, True
-        if not any(batch.has_image):
+        if not any(batch.has_image) or self.config.strength == 0:
             return
         self.measuring = True
         try:

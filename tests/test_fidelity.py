@@ -88,6 +88,27 @@ def test_token_emphasis_matches_paint_on_llava(config: TokenEmphasis) -> None:
     assert_same(build_tiny("llava"), config)  # PAINT reads CLIP's CLS attention: LLaVA-1.5 only
 
 
-@pytest.mark.parametrize("config", [VISTA(), VISTA(strength=1.0, alpha=0.6)], ids=["defaults", "strong"])
+@pytest.mark.parametrize(
+    "config",
+    [VISTA(), VISTA(strength=1.0, alpha=0.6), VISTA(strength=0.0)],
+    ids=["defaults", "strong", "self-logits-alone"],
+)
 def test_vista_matches_the_official_algorithm(lvlm: LVLM, config: VISTA) -> None:
     assert_same(lvlm, config)
+
+
+def test_vista_without_steering_runs_no_paired_prefill() -> None:
+    lvlm = build_tiny("llava")
+    batch = lvlm.prepare(IMAGES, PROMPTS)
+    forwards: list[int] = []
+    hook = lvlm.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    counts = {}
+    try:
+        for config in (None, VISTA(), VISTA(strength=0.0)):
+            before = len(forwards)
+            lvlm.generate_ids(batch, max_new_tokens=2, intervention=config)
+            counts[config] = len(forwards) - before
+    finally:
+        hook.remove()
+    assert counts[VISTA()] == counts[VISTA(strength=0.0)] + 1  # the paired prefill, only when it steers
+    assert counts[VISTA(strength=0.0)] == counts[None] + 1  # the firing monitor's unedited prefill
