@@ -14,9 +14,10 @@ batch 1 and 16 (exactly ``--new-tokens`` each), and vs the eager batch-1 referen
 just that part.
 
 ``--isolated`` runs each system (the methods, beam search 5 and OPERA) once per batch size in a fresh process and
-adds its peak resident set size (Linux ``VmHWM``, reset after a warm-up) to tokens/s and the ratio to greedy.
-``--llava-proportions`` does that on a random-weight model shaped like LLaVA-1.5 (576 image tokens, 16 x 1024
-Llama, 32k vocabulary), the figure users care about:
+adds its peak resident set size (Linux ``VmHWM``, reset after a warm-up) to tokens/s and the ratio to greedy;
+``--steady`` adds a 1-token run per system for the steady-state ratio; ``--systems`` picks systems by name or
+intervention spec (``vista:alpha=0``). ``--llava-proportions`` does that on a random-weight model shaped like
+LLaVA-1.5 (576 image tokens, 16 x 1024 Llama, 32k vocabulary), the figure users care about:
 
     python scripts/bench_interventions.py --llava-proportions --new-tokens 128 --batch 8 --threads 1
 """
@@ -38,8 +39,9 @@ from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConf
 
 from benchmarks.reference_methods import reference_opera, reference_pai, reference_token_emphasis, reference_vhr
 from halluc.defaults import DESCRIBE_PROMPT
+from halluc.errors import ConfigError
 from halluc.models import LVLM, load_lvlm
-from interventions import OPERA, PAI, Intervention, paper_defaults
+from interventions import OPERA, PAI, Intervention, paper_defaults, parse_intervention
 
 # Every greedy-decoding method at its default, and PAI's attention edit without CFG; OPERA (beam search) apart.
 METHODS: dict[str, Intervention | None] = {
@@ -190,49 +192,64 @@ def resident_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def system_kwargs(system: str) -> dict[str, object]:
+    """What a system passes to ``generate_ids``: a name of SYSTEMS, or any intervention spec."""
+    return SYSTEMS[system] if system in SYSTEMS else {"intervention": parse_intervention(system)}
+
+
 def isolated_run(args: argparse.Namespace, system: str, size: int) -> dict[str, float]:
     """In a fresh process: build the model, warm up with a 2-token generation, reset the peak resident set size,
-    then time one generation of exactly ``--new-tokens`` at batch ``size``; returns seconds and MiB (the loaded
-    model's resident set and the peak during the timed generation)."""
+    then time one generation of exactly ``--new-tokens`` at batch ``size`` (with ``--steady`` then one of 1
+    token); returns seconds and MiB (the loaded model's resident set and the peak during the long generation)."""
     torch.set_num_threads(args.threads)
     lvlm = build_model(args.model, args.llava_proportions)
     loaded = resident_mib("VmRSS")
     batch = lvlm.prepare(noise_images(size, args.image_size), [DESCRIBE_PROMPT] * size)
-    clock = CLOCKS[args.clock]
-    with torch.inference_mode():
-        lvlm.generate_ids(batch, max_new_tokens=2, min_new_tokens=2, **SYSTEMS[system])
-        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident set
+    clock, kwargs = CLOCKS[args.clock], system_kwargs(system)
+
+    def timed(tokens: int) -> float:
         start = clock()
-        lvlm.generate_ids(batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **SYSTEMS[system])
-        seconds = clock() - start
-    return {"seconds": seconds, "loaded_mib": loaded, "peak_mib": resident_mib("VmHWM")}
+        lvlm.generate_ids(batch, max_new_tokens=tokens, min_new_tokens=tokens, **kwargs)
+        return clock() - start
+
+    with torch.inference_mode():
+        timed(2)
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident set
+        result = {"seconds": timed(args.new_tokens), "loaded_mib": loaded, "peak_mib": resident_mib("VmHWM")}
+        if args.steady:
+            result["first_seconds"] = timed(1)
+    return result
 
 
 def bench_isolated(args: argparse.Namespace) -> None:
     """Every system at batch 1 and ``--batch``, each run in its own process; prints tokens/s, the ratio to
     vanilla greedy (OPERA's also to beam search 5) and the peak resident set at the larger batch."""
     sizes, n = batch_sizes(args.batch), args.new_tokens
+    systems = list(dict.fromkeys(["vanilla", *(args.systems or SYSTEMS)]))  # vanilla: the ratios' reference
     results: dict[tuple[str, int], dict[str, float]] = {}
     spawn = multiprocessing.get_context("spawn")
-    jobs = [(system, size) for system in SYSTEMS for size in sizes]
+    jobs = [(system, size) for system in systems for size in sizes]
     for system, size in tqdm(jobs, desc="isolated runs", unit="run"):
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             results[system, size] = pool.submit(isolated_run, args, system, size).result()
     print(f"\nisolated runs, {n} new tokens, {args.threads} thread(s), {args.clock} clock; MiB at batch {args.batch}")
+    steady = f"{'steady':>8}" if args.steady else ""
     print(
-        f"{'system':16}" + "".join(f"{f'b{s} tok/s':>12}{'ratio':>8}" for s in sizes)
+        f"{'system':16}" + "".join(f"{f'b{s} tok/s':>12}{'ratio':>8}{steady}" for s in sizes)
         + f"{'loaded':>9}{'peak':>9}{'peak-vanilla':>14}"
     )  # fmt: skip
-    for system in SYSTEMS:
+    for system in systems:
         cells = ""
         for size in sizes:
-            rate = size * n / results[system, size]["seconds"]
-            base = size * n / results["vanilla", size]["seconds"]
-            cells += f"{rate:12.2f}{rate / base:8.3f}"
+            ours, base = results[system, size], results["vanilla", size]
+            cells += f"{size * n / ours['seconds']:12.2f}{base['seconds'] / ours['seconds']:8.3f}"
+            if args.steady:  # per-token cost after the first step: (T(N) - T(1)) / (N - 1)
+                ratio = (base["seconds"] - base["first_seconds"]) / (ours["seconds"] - ours["first_seconds"])
+                cells += f"{ratio:8.3f}"
         big, vanilla = results[system, args.batch], results["vanilla", args.batch]
         extra = big["peak_mib"] - vanilla["peak_mib"]
         print(f"{system:16}{cells}{big['loaded_mib']:9.0f}{big['peak_mib']:9.0f}{extra:+14.0f}")
-    for size in sizes:
+    for size in sizes if {"beam5", "opera"} <= set(systems) else ():
         ratio = results["beam5", size]["seconds"] / results["opera", size]["seconds"]
         print(f"opera vs beam search 5 at batch {size}: {ratio:.3f}")
 
@@ -259,6 +276,15 @@ def main() -> None:
         "--llava-proportions)",
     )
     parser.add_argument(
+        "--systems",
+        nargs="+",
+        metavar="SYSTEM",
+        help=f"with --isolated: systems to time (vanilla always): {', '.join(SYSTEMS)}, or intervention specs",
+    )
+    parser.add_argument(
+        "--steady", action="store_true", help="with --isolated: also time 1 token per system, for steady-state ratios"
+    )
+    parser.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
         default="process",
@@ -267,6 +293,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.only_opera and (args.isolated or args.llava_proportions):
         parser.error("--only-opera times OPERA in one process; --isolated and --llava-proportions run every system")
+    if (args.systems or args.steady) and not (args.isolated or args.llava_proportions):
+        parser.error("--systems and --steady are options of the isolated runs (--isolated or --llava-proportions)")
+    for system in args.systems or ():
+        try:
+            system_kwargs(system)
+        except ConfigError as exc:  # before any model is built
+            parser.error(f"--systems {system!r}: {exc}")
     if not Path(args.model).is_dir():
         parser.error(f"no model at {args.model}; train it (scripts/train_toy_lvlm.py) or pass --model PATH")
     if args.isolated or args.llava_proportions:
