@@ -119,7 +119,7 @@ class _Decoding(GenerationHook):
             self._refuse(logits_processor, generation_config.num_beams)
             alone = not any(hook.edits_forwards for hook in lvlm.generation_hooks if hook is not self)
             with use_probe(lvlm) as probe:
-                loop = OperaLoop(lvlm, batch, self.config, probe, generation_config, candidates_together=alone)
+                loop = OperaLoop(lvlm, batch, self.config, probe, generation_config, tokens_together=alone)
                 self.lanes = loop.lanes
                 return loop.run(input_ids, LogitsProcessorList(logits_processor), model_kwargs)
 

@@ -309,12 +309,13 @@ class OperaLoop:
         config: Any,
         probe: Probe,
         generation: GenerationConfig,
-        candidates_together: bool = False,
+        tokens_together: bool = False,
     ) -> None:
-        """Prepare per-sample lanes; nothing runs yet. ``config``: the ``OPERA`` dataclass. ``candidates_together``:
-        run a step's candidates in one forward (see ``candidate_probs``); only when no other method edits the
-        forwards, since row and head edits act on the last query row alone."""
-        self.candidates_together = candidates_together
+        """Prepare per-sample lanes; nothing runs yet. ``config``: the ``OPERA`` dataclass. ``tokens_together``:
+        run a step's candidates, and the tokens a rollback recomputes, in one forward (see ``candidate_probs``,
+        ``rebuild``); only when no other method edits the forwards, since row and head edits act on the last query
+        row alone."""
+        self.tokens_together = tokens_together
         device = self.device = lvlm.device
         self.lvlm, self.model, self.batch, self.config, self.probe = lvlm, lvlm.model, batch, config, probe
         eos = generation.eos_token_id
@@ -392,7 +393,7 @@ class OperaLoop:
         Together: all candidates in one forward, as parallel branches of a tree (each query row sees the stored keys
         and its own key only, at the same position), then cropped off: the same attention as one forward each.
         """
-        if not self.candidates_together:
+        if not self.tokens_together:
             return [self.forward(tokens[:, c : c + 1], keep=False)[1] for c in range(tokens.shape[1])]
         rows, count = tokens.shape
         length = self.key_mask.shape[1]
@@ -425,7 +426,7 @@ class OperaLoop:
             own.update(entry.keys[rows, :, :prompt], entry.values[rows, :, :prompt], layer)
         prompt_mask = self.key_mask[rows, :prompt]
         positions = prompt_mask.sum(dim=1, keepdim=True) + self.offsets[rows] + torch.arange(count, device=self.device)
-        chunks = [(0, count)] if self.candidates_together else [(i, i + 1) for i in range(count)]
+        chunks = [(0, count)] if self.tokens_together else [(i, i + 1) for i in range(count)]
         probs = []  # each token's last-layer attention row [beams, keys]
         for start, end in chunks:
             mask = torch.cat([prompt_mask, torch.ones_like(seqs[:, :end])], dim=1)
