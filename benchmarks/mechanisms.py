@@ -349,8 +349,12 @@ class TokenTrace:
 
     logp_image: list[float]
     logp_text: list[float]
-    attention: list[float]  # image-attention mass of the step that emits the token (query = previous position)
-    attention_by_layer: list[list[float]] = field(default_factory=list)  # the same per layer: [token][layer]
+    attention_by_layer: list[list[float]]  # [token][layer] image-attention mass of the step that emits the token
+
+    @property
+    def attention(self) -> list[float]:
+        """Per token, the image-attention mass of its emitting step (query = previous position), mean over layers."""
+        return [float(np.mean(layers)) for layers in self.attention_by_layer]
 
 
 def teacher_force(
@@ -379,20 +383,13 @@ def teacher_force(
                 keys[row, positions] = True
             emitting = slice(batch.prompt_length - 1, batch.prompt_length - 1 + answer_ids.shape[1])
             by_layer = image_attention_by_layer(out.attentions, keys)[:, :, emitting]  # [layers, rows, answer]
-            mass = by_layer.mean(dim=0)
             text = lvlm.text_only(batch)
             text_inputs, _ = _continuation_inputs(lvlm, text, chunk)
             logp_text = _answer_logprobs(lvlm.model(**text_inputs).logits, answer_ids, text.prompt_length)
             for row, answer in enumerate(chunk):
                 n = len(answer)
-                traces.append(
-                    TokenTrace(
-                        logp_image[row, :n].tolist(),
-                        logp_text[row, :n].tolist(),
-                        mass[row, :n].tolist(),
-                        by_layer[:, row, :n].T.tolist(),
-                    )
-                )
+                layers = by_layer[:, row, :n].T.tolist()  # [token][layer]
+                traces.append(TokenTrace(logp_image[row, :n].tolist(), logp_text[row, :n].tolist(), layers))
     return traces
 
 
@@ -425,10 +422,14 @@ class MentionRecord:
     position: int  # index of the noun's first token among the generated tokens
     sentence: int  # 0-based sentence index
     n_tokens: int
-    attention: float  # image-attention mass at the emitting step, mean over layers and heads
+    attention_by_layer: tuple[float, ...]  # image-attention mass at the emitting step, per layer (mean over heads)
     logp_image: float  # log p(noun tokens | image, prefix)
     logp_text: float  # log p(noun tokens | prefix), image removed
-    attention_by_layer: tuple[float, ...] = ()  # image-attention mass at the emitting step, per layer (diagnostic)
+
+    @property
+    def attention(self) -> float:
+        """Image-attention mass at the emitting step, mean over layers and heads (the check's measure)."""
+        return float(np.mean(self.attention_by_layer))
 
     @property
     def image_effect(self) -> float:
@@ -442,7 +443,7 @@ class MentionRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record with the derived measures."""
-        return {**asdict(self), "image_effect": self.image_effect, "p_text": self.p_text}
+        return {**asdict(self), "attention": self.attention, "image_effect": self.image_effect, "p_text": self.p_text}
 
 
 def first_mentions(score: chair.CaptionScore) -> list[chair.MentionVerdict]:
@@ -474,10 +475,9 @@ def _mention_records(description: Description, score: chair.CaptionScore, trace:
                 position=tokens[0],
                 sentence=_sentence_of(sentences, mention.start),
                 n_tokens=len(tokens),
-                attention=trace.attention[tokens[0]],
+                attention_by_layer=tuple(trace.attention_by_layer[tokens[0]]),
                 logp_image=float(sum(trace.logp_image[k] for k in tokens)),
                 logp_text=float(sum(trace.logp_text[k] for k in tokens)),
-                attention_by_layer=tuple(trace.attention_by_layer[tokens[0]]) if trace.attention_by_layer else (),
             )
         )
     return records
@@ -494,7 +494,7 @@ def compare_mentions(
 
     ``matched``: within token-position bins of ``bin_width`` (the check); ``by_sentence``: within sentence index;
     ``unmatched``: plain difference of means, for reference. ``attention_by_layer``: the matched attention
-    difference of each layer (a diagnostic of where the check's layer mean comes from), when the records have it.
+    difference of each layer (a diagnostic of where the check's layer mean comes from).
     """
     images = list(dict.fromkeys(r.image_id for r in records))  # resampling units: images with a first mention
     by_image: dict[int | str, list[MentionRecord]] = defaultdict(list)
@@ -529,7 +529,7 @@ def compare_mentions(
         }
         for name in strata:
             result[measure][name] = difference(lambda r, m=measure: getattr(r, m), name)
-    layers = min((len(r.attention_by_layer) for r in records), default=0)
+    layers = len(records[0].attention_by_layer) if records else 0  # the model's depth
     result["attention_by_layer"] = [
         difference(lambda r, k=k: r.attention_by_layer[k], "matched") for k in range(layers)
     ]

@@ -114,7 +114,7 @@ def test_token_spans_cover_the_stripped_text_and_find_noun_tokens() -> None:
 def test_attention_decay_spearman_is_negative_for_decaying_mass() -> None:
     rng = np.random.default_rng(0)
     traces = [
-        mech.TokenTrace([0.0] * 20, [0.0] * 20, list(np.linspace(0.8, 0.2, 20) + rng.normal(0, 0.01, 20)))
+        mech.TokenTrace([0.0] * 20, [0.0] * 20, [[m] for m in np.linspace(0.8, 0.2, 20) + rng.normal(0, 0.01, 20)])
         for _ in range(6)
     ]
     decay = mech.attention_decay(traces, n_resamples=100, bin_width=10)
@@ -125,9 +125,9 @@ def test_attention_decay_spearman_is_negative_for_decaying_mass() -> None:
 
 
 def _record(image: int, hallucinated: bool, position: int, attention: float) -> mech.MentionRecord:
-    """A first mention whose layer 0 has the given attention and layer 1 twice it."""
-    layers = (attention, 2 * attention)
-    return mech.MentionRecord(image, "cup", "cup", hallucinated, position, 0, 1, attention, -1.0, -2.0, layers)
+    """A first mention with the given attention over three layers: none at layer 0, twice as much at layer 2."""
+    layers = (0.0, attention, 2 * attention)
+    return mech.MentionRecord(image, "cup", "cup", hallucinated, position, 0, 1, layers, -1.0, -2.0)
 
 
 def test_compare_mentions_matches_by_position_bin() -> None:
@@ -146,7 +146,7 @@ def test_compare_mentions_matches_by_position_bin() -> None:
     assert result["image_effect"]["matched"]["estimate"] == pytest.approx(0.0)
     assert result["counts"] == {"images": 3, "hallucinated": 2, "grounded": 4}
     layers = [interval["estimate"] for interval in result["attention_by_layer"]]
-    assert layers == [pytest.approx(-0.15), pytest.approx(-0.30)]
+    assert layers == [pytest.approx(0.0), pytest.approx(-0.15), pytest.approx(-0.30)]
 
 
 def test_probes_read_presence_from_features() -> None:
