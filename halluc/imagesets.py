@@ -73,7 +73,11 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def toy_world_root() -> Path:
-    return cache_dir() / "world"
+    """Where the embedded world's splits are built, one folder per world version (a newer generator never reads
+    splits an older one cached)."""
+    from halluc.world import WORLD_VERSION
+
+    return cache_dir() / f"world-{WORLD_VERSION}"
 
 
 def _toy_split(split: str) -> tuple[Path, Path, Path]:

@@ -13,11 +13,11 @@ from pycocotools.coco import COCO
 
 from halluc.errors import ConfigError, OutputLocationError
 from halluc.objects import category_by_name, extract_mentions
-from halluc.world import SPLITS, build_split, image_dir, scene_types, world_categories
+from halluc.world import SPLITS, WORLD_VERSION, build_split, image_dir, scene_types, world_categories
 from halluc.world.build import MIN_VISIBLE
 from halluc.world.captions import OCCLUDED_BELOW
 from halluc.world.catalog import COLOURS, GLYPHS, NOUNS, SCENES
-from halluc.world.layout import Placement, partner
+from halluc.world.layout import N_OBJECTS_P, SHIFT_ANCHORS_P, SHIFT_FOREIGN_P, Placement, partner
 from halluc.world.render import render
 from halluc.world.shapes import SHAPES, polygon_area
 
@@ -68,6 +68,20 @@ def test_build_is_deterministic_across_runs_and_folders(tmp_path: Path) -> None:
     assert not val & train and not other_seed & train
 
 
+# What each world version builds (4 images of every split, seed 0). Splits are cached under WORLD_VERSION, so a
+# generator change that keeps the version would leave users evaluating on stale cached splits.
+VERSION_DIGESTS = {"2.0": "61a32da7ef0dfe90e795fdcba10ccf7d79066b6a92217463f90acbe207b33fdd"}
+
+
+def test_world_output_is_pinned_to_its_version(tmp_path: Path) -> None:
+    for split in SPLITS:
+        build_split(split, 4, tmp_path, seed=0)
+    assert _digest(tmp_path) == VERSION_DIGESTS.get(WORLD_VERSION), (
+        "the world generator's output changed: bump WORLD_VERSION in halluc/world/build.py and record the new "
+        "digest here"
+    )
+
+
 def test_prefix_stability_image_i_does_not_depend_on_n(tmp_path: Path) -> None:
     small, large = build_split("shift", 3, tmp_path / "s"), build_split("shift", 6, tmp_path / "l")
     for path in small.images.glob("*.png"):
@@ -101,7 +115,7 @@ def test_ids_boxes_and_areas_are_consistent(world: Path, split: str) -> None:
     for img in data["images"]:
         assert img["width"] == img["height"] == 64
         anns = by_image[img["id"]]
-        assert 1 <= len(anns) <= 6
+        assert 1 <= len(anns) <= len(N_OBJECTS_P)
         assert len({a["category_id"] for a in anns}) == len(anns)
         for ann in anns:
             x, y, w, h = ann["bbox"]
@@ -150,7 +164,7 @@ def test_shift_keeps_scene_but_drops_typical_companions(world: Path) -> None:
         scene = scene_of[image_id]
         cats = [names[a["category_id"]] for a in anns]
         anchors = [c for c in cats if c in SCENES[scene].weights]
-        assert 1 <= len(anchors) <= 2 and 2 <= len(cats) <= 6
+        assert 1 <= len(anchors) <= 2 and 2 <= len(cats) <= len(SHIFT_ANCHORS_P) + len(SHIFT_FOREIGN_P)
         assert all(partner(scene, a) not in cats for a in anchors)
 
 

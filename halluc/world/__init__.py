@@ -11,7 +11,7 @@ star). No two categories share a shape-colour pair, no scene uses a shape twice,
 apart when small (disc, octagon, hexagon) never share a colour. Texture varies per instance and carries no
 identity: solid 40%, striped 20%, dotted 20%, outline 20%. The longest side is 9-30 px at 64x64 (it scales with
 ``image_size``): size class s 14-25% of the image, m 19-36%, l 28-47%; 15% of objects are drawn "distant" (14-19%);
-images with 4, 5, 6 objects shrink them by 0.9, 0.8, 0.75 (never below 14%).
+images with 4, 5, 6, 7, 8 objects shrink them by 0.9, 0.8, 0.75, 0.7, 0.65 (never below 14%).
 
 **Scenes.** Four scene types, each with a recognisable background (jittered per image) and a weighted list of 7
 typical objects, 3 of which form typical pairs:
@@ -35,18 +35,18 @@ living room       mauve striped wallpaper, wooden       couch 3, tv 3, chair 2, 
 
 **Splits.** The scene type is uniform. Categories within an image are distinct.
 
-* ``train`` / ``val`` (same distribution, different seed streams): 1-6 objects with P = .12, .22, .24, .20, .13,
-  .09. Slots are filled in turn: right after an in-scene object whose pair partner is missing, the partner fills
+* ``train`` / ``val`` (same distribution, different seed streams): 1-8 objects with P = .06, .11, .16, .18, .17,
+  .14, .10, .08 (mean 4.5). Slots are filled in turn: right after an in-scene object whose pair partner is missing, the partner fills
   the next slot with p = 0.6; otherwise a slot is drawn from the scene's list by weight with p = 0.85, else
   uniformly from the categories not on the scene's list. Measured on 4,000
-  train images: 88% of objects are in-scene and P(partner | object) is 0.54-0.62 (fork-knife, tv-remote,
+  train images: 88% of objects are in-scene and P(partner | object) is 0.65-0.68 (fork-knife, tv-remote,
   dog-frisbee, car-traffic light).
 * ``shift`` (priors broken): the scene's background with 1 (p = 0.6) or 2 (p = 0.4) "anchor" objects drawn from
-  the scene's list by weight, never a typical pair, plus 1-4 (P = .3, .3, .25, .15) objects drawn uniformly
+  the scene's list by weight, never a typical pair, plus 1-6 (P = .15, .2, .2, .2, .15, .1) objects drawn uniformly
   from the categories not on the scene's list. So every typical companion of the anchors (the scene's other listed
-  objects, pair partners included) is absent: 38% of objects are in-scene, and P(partner | object) drops to
-  0.05-0.06 (a knife next to a fork only happens as two foreign objects in a non-kitchen scene). An image has
-  2-6 objects.
+  objects, pair partners included) is absent: 30% of objects are in-scene, and P(partner | object) drops to
+  0.09-0.11 (a knife next to a fork only happens as two foreign objects in a non-kitchen scene). An image has
+  2-8 objects (mean 4.7).
 * ``prior_free`` (no co-occurrence at all): train's object counts, categories drawn uniformly from all 27
   whatever the scene. The toy LVLM's vision tower is pretrained on it, apart from the captions' priors, as CLIP
   is trained apart from the data an LVLM is tuned on.
@@ -55,8 +55,8 @@ living room       mauve striped wallpaper, wooden       couch 3, tv 3, chair 2, 
 background with alpha 0.3-0.5). In images with >= 2 objects, with p = 0.3 one object is placed to cover 20-60% of
 the box of an earlier (larger) one; otherwise objects do not touch. Larger objects are drawn first, so small
 things lie on big ones. A layout in which an object would keep less than 25% of its pixels is redrawn. Measured
-on train: 15% of objects are low-contrast, 19% are outlines, 46% have a longest side under 20% of the image,
-and 5.5% are occluded (less than 85% of their pixels visible; 18% of images have one).
+on train: 15% of objects are low-contrast, 20% are outlines, 56% have a longest side under 20% of the image,
+and 4.5% are occluded (less than 85% of their pixels visible; 20% of images have one).
 
 **Captions.** Five per image in COCO captions format. The first sentence names the scene ("A kitchen scene with
 a fork and a knife."); objects follow in order of salience (visible area x contrast, outlines count less) with
@@ -66,17 +66,26 @@ and attribute words (size, colour, texture, "faint"). Nouns come only from the o
 so a caption never mentions an absent object. One caption per image is *detailed* (``"detailed": true``): it
 names every object that is not occluded, least salient last, with background remarks ("The tiles are a warm
 beige colour.") and sometimes a closing sentence; the other four name a salience-biased subset (weak and
-occluded objects are often left out, as human annotators do). Detailed captions average 31 words (up to
-85), the others 14.
+occluded objects are often left out, as human annotators do). Detailed captions average 41 words in 4.5
+sentences (up to 99 words), the others 16.
 
 **Files.** ``<out>/instances_<split>.json`` and ``<out>/captions_<split>.json`` (pycocotools loads both) and
 PNG images in ``<out>/images/<split>/``. Besides the standard COCO fields, images carry ``scene``; instance
 annotations carry ``visible`` (fraction of the glyph's pixels not hidden), ``contrast`` (1.0 or the blend
 alpha) and ``texture``; bbox, segmentation polygon and area describe the whole glyph. Image ids are
 ``1,000,000 x (1 train | 2 val | 3 shift | 4 prior_free) + index + 1``; image ``i`` depends only on (seed, split, i,
-image_size), so a build is byte-for-byte reproducible.
+image_size), so a build is byte-for-byte reproducible. ``WORLD_VERSION`` names what the generator draws (2.0: up to
+8 objects and longer descriptions); the toy splits are cached under it, so a new generator never reads old splits.
 """
 
-from halluc.world.build import SPLITS, SplitPaths, build_split, image_dir, scene_types, world_categories
+from halluc.world.build import (
+    SPLITS,
+    WORLD_VERSION,
+    SplitPaths,
+    build_split,
+    image_dir,
+    scene_types,
+    world_categories,
+)
 
-__all__ = ["SPLITS", "SplitPaths", "build_split", "image_dir", "scene_types", "world_categories"]
+__all__ = ["SPLITS", "WORLD_VERSION", "SplitPaths", "build_split", "image_dir", "scene_types", "world_categories"]

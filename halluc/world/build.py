@@ -24,7 +24,16 @@ from halluc.world.layout import Placement, sample_layout
 from halluc.world.render import render
 from halluc.world.shapes import polygon, polygon_area
 
-__all__ = ["MIN_VISIBLE", "SPLITS", "SplitPaths", "build_split", "image_dir", "scene_types", "world_categories"]
+__all__ = [
+    "MIN_VISIBLE",
+    "SPLITS",
+    "WORLD_VERSION",
+    "SplitPaths",
+    "build_split",
+    "image_dir",
+    "scene_types",
+    "world_categories",
+]
 
 SPLITS = ("train", "val", "shift", "prior_free")
 # seed stream per split (val differs from train only here) and image id base (ids never collide across splits)
@@ -33,7 +42,9 @@ _ID_BASE = {"train": 1_000_000, "val": 2_000_000, "shift": 3_000_000, "prior_fre
 _MAX_IMAGES = 999_999
 MIN_VISIBLE = 0.25  # every object keeps at least this fraction of its pixels visible
 _SIZE_RANGE = (32, 1024)
-_WORLD_VERSION = "1.0"
+# What the generator draws; bump it with every change to the output (tests/test_world.py pins a digest per version),
+# since built splits are cached under it. 2.0: up to 8 objects per image and longer descriptions (issue 15).
+WORLD_VERSION = "2.0"
 _LICENSE = {"id": 1, "name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}
 
 
@@ -151,7 +162,7 @@ def build_split(split: str, n: int, out: Path, *, seed: int = 0, image_size: int
         ]
     info = {
         "description": f"halluc synthetic world, split {split}",
-        "version": _WORLD_VERSION,
+        "version": WORLD_VERSION,
         "split": split,
         "seed": seed,
         "image_size": image_size,

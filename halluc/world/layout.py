@@ -24,21 +24,14 @@ __all__ = [
 ]
 
 SCENE_NAMES = tuple(SCENES)
-N_OBJECTS_P = (0.12, 0.22, 0.24, 0.20, 0.13, 0.09)  # train/val: P(1..6 objects)
+N_OBJECTS_P = (0.06, 0.11, 0.16, 0.18, 0.17, 0.14, 0.10, 0.08)  # train/val: P(1..8 objects), mean 4.5
 IN_SCENE_P = 0.85  # train/val: a free slot is drawn from the scene's list (by weight), else from another scene's
 PAIR_PULL_P = 0.6  # train/val: after an in-scene object, its typical companion fills the next slot
 SHIFT_ANCHORS_P = (0.6, 0.4)  # shift: P(1 or 2 objects from the scene's own list)
-SHIFT_FOREIGN_P = (0.3, 0.3, 0.25, 0.15)  # shift: P(1..4 objects from other scenes' lists)
+SHIFT_FOREIGN_P = (0.15, 0.2, 0.2, 0.2, 0.15, 0.1)  # shift: P(1..6 objects from other scenes' lists)
 SIZE_RANGES = {"s": (0.14, 0.25), "m": (0.19, 0.36), "l": (0.28, 0.47)}  # longer side, fraction of image size
 DISTANT_P, DISTANT_RANGE = 0.15, (0.14, 0.19)  # an object drawn small regardless of its size class
-CROWD_SCALE = (
-    1.0,
-    1.0,
-    1.0,
-    0.9,
-    0.8,
-    0.75,
-)  # size factor by object count: crowded scenes have smaller glyphs
+CROWD_SCALE = (1.0, 1.0, 1.0, 0.9, 0.8, 0.75, 0.7, 0.65)  # size factor by object count: crowded, smaller glyphs
 LOW_CONTRAST_P, CONTRAST_RANGE = 0.15, (0.3, 0.5)  # colour blended toward the background by this alpha
 TEXTURES = {"solid": 0.4, "striped": 0.2, "dotted": 0.2, "outline": 0.2}
 OCCLUSION_P = 0.3  # images with >= 2 objects: one object is placed to cover part of an earlier one
