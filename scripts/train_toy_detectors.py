@@ -12,6 +12,7 @@ dataset check's unconditional Arial.ttf download is replaced by a no-op (``_keep
 
     python scripts/train_toy_detectors.py                  # full run: writes halluc/assets/detectors/
     python scripts/train_toy_detectors.py --quick          # 1 epoch on 64 images, into the work dir
+    python scripts/train_toy_detectors.py --evaluate       # val mAP of the shipped checkpoints on today's world
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from halluc.errors import ConfigError, HallucError, InputDataError
 from halluc.imagesets import cache_dir
 from halluc.runs import atomic_write_json
 
-__all__ = ["ModelPlan", "coco_to_yolo", "main", "ship_checkpoint", "toy_name", "train_one"]
+__all__ = ["ModelPlan", "coco_to_yolo", "evaluate_shipped", "main", "ship_checkpoint", "toy_name", "train_one"]
 
 MAX_CHECKPOINT_MB = 8.0
 
@@ -171,6 +172,23 @@ def train_one(
     return best, record
 
 
+def evaluate_shipped(plan: ModelPlan, data_yaml: Path, checkpoint_dir: Path, *, batch: int, device: str) -> dict:
+    """Val mAP of an already shipped checkpoint on this world's val split (after a world change, before retraining)."""
+    from ultralytics import YOLO
+
+    path = checkpoint_dir / f"{toy_name(plan.cfg)}.pt"
+    if not path.exists():
+        raise InputDataError(f"no shipped checkpoint to evaluate at {str(path)!r}; train it first")
+    metrics = YOLO(str(path)).val(
+        data=str(data_yaml), imgsz=plan.imgsz, batch=batch, device=device, workers=0, plots=False, verbose=False
+    )
+    return {
+        "imgsz": plan.imgsz,
+        "map50": round(float(metrics.box.map50), 4),
+        "map50_95": round(float(metrics.box.map), 4),
+    }
+
+
 def ship_checkpoint(best: Path, target: Path) -> None:
     """Copy a checkpoint without this machine's paths: absolute paths in its recorded settings become file names."""
     import torch
@@ -205,6 +223,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--time-budget-min", type=float, default=15.0, help="per model, stops between epochs")
     parser.add_argument("--quick", action="store_true", help="pipeline check: 1 epoch each, at most 64/32 images")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="only measure the checkpoints in --out-dir on the val split, no training",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_val = min(args.n_train, 64), min(args.n_val, 32)
@@ -237,15 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse_args(argv)
         _keep_offline()
         data_yaml = _build_dataset(args)
+        plans = (
+            ModelPlan(args.model_a, args.imgsz_a, args.epochs_a),
+            ModelPlan(args.model_b, args.imgsz_b, args.epochs_b),
+        )
+        if args.evaluate:
+            for plan in plans:
+                record = evaluate_shipped(plan, data_yaml, args.out_dir, batch=args.batch, device=args.device)
+                print(f"{toy_name(plan.cfg)}: {json.dumps(record)}")
+            return 0
         args.out_dir.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {
             "world": {"n_train": args.n_train, "n_val": args.n_val, "seed": args.seed, "image_size": args.image_size},
             "quick": args.quick,
         }
-        for plan in (
-            ModelPlan(args.model_a, args.imgsz_a, args.epochs_a),
-            ModelPlan(args.model_b, args.imgsz_b, args.epochs_b),
-        ):
+        for plan in plans:
             best, record = train_one(
                 plan,
                 data_yaml,

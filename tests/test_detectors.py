@@ -241,6 +241,23 @@ def test_training_script_outputs(toy_run: Path) -> None:
         assert (toy_run / f"{name}.pt").stat().st_size <= 8 * 2**20
 
 
+def test_evaluate_measures_shipped_checkpoints_without_training(
+    toy_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = sys.modules["train_toy_detectors"]
+    before = {p.name: p.stat().st_mtime_ns for p in toy_run.iterdir()}
+    args = ["--evaluate", "--quick", "--work-dir", str(toy_run.parent.parent), "--out-dir", str(toy_run)]
+    assert script.main([*args, "--n-train", "32", "--n-val", "16", "--imgsz-b", "64", "--batch", "16"]) == 0
+    records = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if line.startswith("toy-"))
+    assert set(records) == {"toy-yolov8", "toy-yolo11"}
+    assert all(0.0 <= json.loads(r)["map50"] <= 1.0 for r in records.values())
+    assert {p.name: p.stat().st_mtime_ns for p in toy_run.iterdir()} == before  # nothing trained or written
+    assert (
+        script.main(["--evaluate", "--quick", "--work-dir", str(toy_run.parent.parent), "--out-dir", "/nonexistent"])
+        == 2
+    )
+
+
 def test_yolo_detect(toy_run: Path) -> None:
     detector = load_detector(f"yolo:{toy_run / 'toy-yolov8.pt'}")
     assert isinstance(detector, YoloDetector) and detector.name == f"yolo:{toy_run / 'toy-yolov8.pt'}"
