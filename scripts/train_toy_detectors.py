@@ -172,14 +172,11 @@ def train_one(
     return best, record
 
 
-def evaluate_shipped(plan: ModelPlan, data_yaml: Path, checkpoint_dir: Path, *, batch: int, device: str) -> dict:
+def evaluate_shipped(plan: ModelPlan, data_yaml: Path, checkpoint: Path, *, batch: int, device: str) -> dict:
     """Val mAP of an already shipped checkpoint on this world's val split (after a world change, before retraining)."""
     from ultralytics import YOLO
 
-    path = checkpoint_dir / f"{toy_name(plan.cfg)}.pt"
-    if not path.exists():
-        raise InputDataError(f"no shipped checkpoint to evaluate at {str(path)!r}; train it first")
-    metrics = YOLO(str(path)).val(
+    metrics = YOLO(str(checkpoint)).val(
         data=str(data_yaml), imgsz=plan.imgsz, batch=batch, device=device, workers=0, plots=False, verbose=False
     )
     return {
@@ -259,14 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse_args(argv)
         _keep_offline()
-        data_yaml = _build_dataset(args)
         plans = (
             ModelPlan(args.model_a, args.imgsz_a, args.epochs_a),
             ModelPlan(args.model_b, args.imgsz_b, args.epochs_b),
         )
+        checkpoints = [args.out_dir / f"{toy_name(plan.cfg)}.pt" for plan in plans]
+        missing = [str(path) for path in checkpoints if not path.exists()]
+        if args.evaluate and missing:
+            raise InputDataError(f"--evaluate: no checkpoint at {', '.join(missing)}; train first or pass --out-dir")
+        data_yaml = _build_dataset(args)
         if args.evaluate:
-            for plan in plans:
-                record = evaluate_shipped(plan, data_yaml, args.out_dir, batch=args.batch, device=args.device)
+            for plan, checkpoint in zip(plans, checkpoints, strict=True):
+                record = evaluate_shipped(plan, data_yaml, checkpoint, batch=args.batch, device=args.device)
                 print(f"{toy_name(plan.cfg)}: {json.dumps(record)}")
             return 0
         args.out_dir.mkdir(parents=True, exist_ok=True)

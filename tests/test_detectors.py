@@ -252,10 +252,10 @@ def test_evaluate_measures_shipped_checkpoints_without_training(
     assert set(records) == {"toy-yolov8", "toy-yolo11"}
     assert all(0.0 <= json.loads(r)["map50"] <= 1.0 for r in records.values())
     assert {p.name: p.stat().st_mtime_ns for p in toy_run.iterdir()} == before  # nothing trained or written
-    assert (
-        script.main(["--evaluate", "--quick", "--work-dir", str(toy_run.parent.parent), "--out-dir", "/nonexistent"])
-        == 2
-    )
+    worlds = sorted(toy_run.parent.glob("world_*"))
+    assert script.main(["--evaluate", "--work-dir", str(toy_run.parent), "--out-dir", str(toy_run / "absent")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().out
+    assert sorted(toy_run.parent.glob("world_*")) == worlds  # refused before building anything
 
 
 def test_yolo_detect(toy_run: Path) -> None:
