@@ -93,6 +93,12 @@ def _metrics(run: str) -> dict:
     return json.loads((FIXTURES / run / "metrics.json").read_text())
 
 
+def _first_hallucinating_image(run: str) -> str:
+    """Id of the run's first image whose caption CHAIR marks a hallucinated mention in."""
+    details = json.loads((FIXTURES / run / "chair_details.json").read_text())
+    return next(str(d["image_id"]) for d in details if any(m["hallucinated"] for m in d["mentions"]))
+
+
 def _open(browser, url: str, title: str):
     """Open a page and wait for its title; the checks that follow wait for their own content."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -130,7 +136,9 @@ def test_every_page_in_chromium(server: str, browser, tmp_path: Path) -> None:
     expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # all metrics, then chair-vhr-2 - chair-baseline
     _shot(page, tmp_path, "compare")
 
-    page = _open(browser, f"{server}/samples?run=chair-baseline", "Samples")
+    image_id = _first_hallucinating_image("chair-baseline")
+    page = _open(browser, f"{server}/samples?run=chair-baseline&image={image_id}", "Samples")
+    expect(page.get_by_text(f"image {image_id} (")).to_be_visible()
     expect(page.locator("mark.halluc").first).to_be_visible()
     image = page.get_by_test_id("stImage").locator("img").first
     expect(image).to_be_visible()
