@@ -14,7 +14,7 @@ language model is pretrained text-only on generated descriptions with the world'
 projector alone learns to feed image features to it (LLaVA's alignment); (3) projector + language model are tuned
 on detailed descriptions and POPE-format yes/no questions with text-only descriptions mixed in.
 
-    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # 25-30 min on 2 CPU cores (v14 measured)
+    python scripts/train_toy_lvlm.py --out halluc/assets/toy-llava            # 18-22 min on 2 idle CPU cores (v14, v15)
 """
 
 from __future__ import annotations
