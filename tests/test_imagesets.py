@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from halluc.errors import InputDataError
-from halluc.imagesets import load_image
+from halluc.imagesets import load_image, resolve_images
+from halluc.world import WORLD_VERSION
 
 
 def test_load_image_gives_rgb_and_names_bad_paths(tmp_path: Path) -> None:
@@ -20,3 +21,14 @@ def test_load_image_gives_rgb_and_names_bad_paths(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputDataError, match=r"cannot read image .*bad\.png"):
         load_image(str(tmp_path / "bad.png"))
+
+
+def test_toy_splits_are_cached_per_world_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("halluc.imagesets.TOY_SPLITS", {"val": (3, 0)})
+    monkeypatch.setenv("HALLUC_CACHE", str(tmp_path))
+    stale = tmp_path / "world" / "instances_val.json"  # where splits of the unversioned world 1.0 were cached
+    stale.parent.mkdir()
+    stale.write_text("{}")
+    images = resolve_images("toy:val")
+    assert images.instances == tmp_path / f"world-{WORLD_VERSION}" / "instances_val.json"
+    assert len(images.image_ids) == 3 and stale.read_text() == "{}"
