@@ -36,9 +36,9 @@ living room       mauve striped wallpaper, wooden       couch 3, tv 3, chair 2, 
 **Splits.** The scene type is uniform. Categories within an image are distinct.
 
 * ``train`` / ``val`` (same distribution, different seed streams): 1-8 objects with P = .06, .11, .16, .18, .17,
-  .14, .10, .08 (mean 4.5). Slots are filled in turn: right after an in-scene object whose pair partner is missing, the partner fills
-  the next slot with p = 0.6; otherwise a slot is drawn from the scene's list by weight with p = 0.85, else
-  uniformly from the categories not on the scene's list. Measured on 4,000
+  .14, .10, .08 (mean 4.5). Slots are filled in turn: right after an in-scene object whose pair partner is
+  missing, the partner fills the next slot with p = 0.6; otherwise a slot is drawn from the scene's list by
+  weight with p = 0.85, else uniformly from the categories not on the scene's list. Measured on 4,000
   train images: 88% of objects are in-scene and P(partner | object) is 0.65-0.68 (fork-knife, tv-remote,
   dog-frisbee, car-traffic light).
 * ``shift`` (priors broken): the scene's background with 1 (p = 0.6) or 2 (p = 0.4) "anchor" objects drawn from
