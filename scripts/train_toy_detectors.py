@@ -172,7 +172,9 @@ def train_one(
     return best, record
 
 
-def evaluate_shipped(plan: ModelPlan, data_yaml: Path, checkpoint: Path, *, batch: int, device: str) -> dict:
+def evaluate_shipped(
+    plan: ModelPlan, data_yaml: Path, checkpoint: Path, *, batch: int, device: str
+) -> dict[str, float]:
     """Val mAP of an already shipped checkpoint on this world's val split (after a world change, before retraining)."""
     from ultralytics import YOLO
 
