@@ -622,8 +622,8 @@ def attention_decay(
     traces: Sequence[TokenTrace], *, n_resamples: int = 2000, seed: int = 0, bin_width: int = 16
 ) -> dict[str, Any]:
     """Spearman correlation of image-attention mass with generated-token position (CI over images), and bin means."""
-    positions = [np.arange(len(t.attention)) for t in traces]
-    masses = [np.asarray(t.attention, float) for t in traces]
+    masses = [np.asarray(t.attention, float) for t in traces]  # the layer mean, derived once per trace
+    positions = [np.arange(len(mass)) for mass in masses]
 
     def statistic(idx: np.ndarray) -> float:
         x = np.concatenate([positions[i] for i in idx] or [np.empty(0)])

@@ -253,6 +253,25 @@ def _build_dataset(args: argparse.Namespace) -> Path:
     return _write_data_yaml(root, names)
 
 
+def _shipped(out_dir: Path, plan: ModelPlan) -> Path:
+    """Where a plan's checkpoint is shipped: ``<out_dir>/toy-<arch>.pt``."""
+    return out_dir / f"{toy_name(plan.cfg)}.pt"
+
+
+def _evaluate(args: argparse.Namespace, plans: tuple[ModelPlan, ...]) -> int:
+    """``--evaluate``: print the val mAP of each shipped checkpoint; a missing one is refused before the world is
+    built."""
+    checkpoints = [_shipped(args.out_dir, plan) for plan in plans]
+    missing = [str(path) for path in checkpoints if not path.exists()]
+    if missing:
+        raise InputDataError(f"--evaluate: no checkpoint at {', '.join(missing)}; train first or pass --out-dir")
+    data_yaml = _build_dataset(args)
+    for plan, checkpoint in zip(plans, checkpoints, strict=True):
+        record = evaluate_shipped(plan, data_yaml, checkpoint, batch=args.batch, device=args.device)
+        print(f"{toy_name(plan.cfg)}: {json.dumps(record)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the whole pipeline; return the process exit status."""
     try:
@@ -262,16 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             ModelPlan(args.model_a, args.imgsz_a, args.epochs_a),
             ModelPlan(args.model_b, args.imgsz_b, args.epochs_b),
         )
-        checkpoints = [args.out_dir / f"{toy_name(plan.cfg)}.pt" for plan in plans]
-        missing = [str(path) for path in checkpoints if not path.exists()]
-        if args.evaluate and missing:
-            raise InputDataError(f"--evaluate: no checkpoint at {', '.join(missing)}; train first or pass --out-dir")
-        data_yaml = _build_dataset(args)
         if args.evaluate:
-            for plan, checkpoint in zip(plans, checkpoints, strict=True):
-                record = evaluate_shipped(plan, data_yaml, checkpoint, batch=args.batch, device=args.device)
-                print(f"{toy_name(plan.cfg)}: {json.dumps(record)}")
-            return 0
+            return _evaluate(args, plans)
+        data_yaml = _build_dataset(args)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {
             "world": {"n_train": args.n_train, "n_val": args.n_val, "seed": args.seed, "image_size": args.image_size},
@@ -291,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if record["size_mb"] > MAX_CHECKPOINT_MB:
                 raise ConfigError(f"{best} is {record['size_mb']} MB, over the {MAX_CHECKPOINT_MB} MB asset limit")
-            ship_checkpoint(best, args.out_dir / f"{toy_name(plan.cfg)}.pt")
+            ship_checkpoint(best, _shipped(args.out_dir, plan))
             report[toy_name(plan.cfg)] = record
             print(f"{toy_name(plan.cfg)}: {json.dumps(record)}")
         atomic_write_json(args.out_dir / "metrics.json", report)
